@@ -1,0 +1,183 @@
+"""The product's topology: one typed, declarative manifest read by both Pulumi and the local cloud.
+
+Nothing about topology is written anywhere else. `infra/` turns this into Google Cloud resources;
+`emulators/` turns it into local processes and wiring; tests check that code and manifest agree.
+This module must stay import-light (stdlib only): the local cloud and tests read it often.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Trigger(StrEnum):
+    """How a function is invoked."""
+
+    HTTP = "http"  # called by clients over HTTPS
+    TOPIC = "topic"  # Pub/Sub push (explicit subscription to the function URL)
+    SCHEDULE = "schedule"  # Cloud Scheduler -> topic -> push subscription
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Pub/Sub push retry backoff bounds (seconds), as the subscription's retry policy."""
+
+    minimum_backoff_s: float = 10.0
+    maximum_backoff_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A push subscription from a topic to a function."""
+
+    name: str
+    topic: str
+    function: str
+    ack_deadline_s: int = 60
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    dead_letter_topic: str | None = None
+    max_delivery_attempts: int = 5
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A Pub/Sub topic. `external` means its producer lives outside this repo (a bucket, a
+    scheduler, an OpenTelemetry Collector) or it is a dead-letter sink read by operators."""
+
+    name: str
+    external: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A Cloud Scheduler job that publishes `payload` to `topic` on `cron` in `time_zone`."""
+
+    name: str
+    cron: str
+    topic: str
+    time_zone: str = "Etc/UTC"
+    payload: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A Cloud Storage bucket; object finalize events go to `notification_topic`."""
+
+    name: str
+    notification_topic: str | None = None
+    notification_events: tuple[str, ...] = ("OBJECT_FINALIZE",)
+
+
+@dataclass(frozen=True)
+class Function:
+    """One individually deployed Cloud Run function (gen2)."""
+
+    name: str
+    trigger: Trigger
+    entry_point: str
+    description: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    secrets: tuple[str, ...] = ()  # Secret Manager secret names, exposed as env vars
+    memory_mb: int = 256
+    timeout_s: int = 60
+    concurrency: int = 80
+    min_instances: int = 0
+    max_instances: int = 10
+    public: bool = False  # allUsers invoker; only client-facing HTTP functions
+    roles: tuple[str, ...] = ()  # project roles for the function's own service account
+    publishes: tuple[str, ...] = ()  # topics this function produces to
+    needs_database: bool = False
+
+    @property
+    def source(self) -> str:
+        """Source folder, relative to the repo root."""
+        return f"functions/{self.name}"
+
+
+@dataclass(frozen=True)
+class Topology:
+    functions: tuple[Function, ...]
+    topics: tuple[Topic, ...]
+    subscriptions: tuple[Subscription, ...]
+    schedules: tuple[Schedule, ...]
+    buckets: tuple[Bucket, ...]
+
+    def function(self, name: str) -> Function:
+        return next(f for f in self.functions if f.name == name)
+
+    def topic(self, name: str) -> Topic:
+        return next(t for t in self.topics if t.name == name)
+
+    def subscriptions_for(self, function: str) -> tuple[Subscription, ...]:
+        return tuple(s for s in self.subscriptions if s.function == function)
+
+
+# Roles shared by functions that touch the platform's stores.
+_PUBLISHER = "roles/pubsub.publisher"
+_SQL_CLIENT = "roles/cloudsql.client"
+_SQL_USER = "roles/cloudsql.instanceUser"
+_DB_ROLES = (_SQL_CLIENT, _SQL_USER)
+
+DEAD_LETTER = "dead-letter"
+
+TOPOLOGY = Topology(
+    functions=(
+        Function(
+            name="outbox_relay",
+            trigger=Trigger.SCHEDULE,
+            entry_point="outbox_relay",
+            description="Publishes outbox rows whose publish after commit failed.",
+            timeout_s=120,
+            concurrency=1,
+            max_instances=2,
+            roles=(*_DB_ROLES, _PUBLISHER),
+            publishes=(),  # publishes each row to the topic recorded in it
+            needs_database=True,
+        ),
+        Function(
+            name="maintenance",
+            trigger=Trigger.SCHEDULE,
+            entry_point="maintenance",
+            description="Daily retention: prunes expired dedupe ids and idempotency records.",
+            timeout_s=540,
+            concurrency=1,
+            max_instances=1,
+            roles=_DB_ROLES,
+            needs_database=True,
+        ),
+    ),
+    topics=(
+        Topic("outbox.tick", external=True, description="Cloud Scheduler: outbox sweep"),
+        Topic("maintenance.daily", external=True, description="Cloud Scheduler: daily retention"),
+        Topic(DEAD_LETTER, external=True, description="Messages that exhausted delivery attempts"),
+    ),
+    subscriptions=(
+        Subscription(
+            name="outbox-relay.outbox-tick",
+            topic="outbox.tick",
+            function="outbox_relay",
+            ack_deadline_s=120,
+            retry=RetryPolicy(10, 60),
+            dead_letter_topic=DEAD_LETTER,
+            max_delivery_attempts=5,
+        ),
+        Subscription(
+            name="maintenance.maintenance-daily",
+            topic="maintenance.daily",
+            function="maintenance",
+            ack_deadline_s=600,
+            retry=RetryPolicy(60, 600),
+            dead_letter_topic=DEAD_LETTER,
+            max_delivery_attempts=5,
+        ),
+    ),
+    schedules=(
+        Schedule("outbox-sweep", cron="* * * * *", topic="outbox.tick"),
+        Schedule("maintenance-daily", cron="17 3 * * *", topic="maintenance.daily"),
+    ),
+    buckets=(
+        Bucket("uploads", notification_topic="uploads.finalized"),
+    ),
+)

@@ -1,0 +1,1 @@
+"""The product's platform and domain library, shared by every deployed function."""

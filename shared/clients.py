@@ -1,0 +1,79 @@
+"""Google clients, each created lazily once per instance by a cached getter.
+
+Heavy SDKs are imported inside the getters so a function pays for them only when it uses them.
+Emulator hosts (PUBSUB_EMULATOR_HOST, FIRESTORE_EMULATOR_HOST, STORAGE_EMULATOR_HOST,
+GENAI_BASE_URL) are read when a client is first built; tests call `reset()` after changing them.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from shared.config import get_settings
+
+if TYPE_CHECKING:
+    from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defined]
+    from google.genai import Client as GenaiClient
+
+
+@cache
+def publisher() -> pubsub_v1.PublisherClient:
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+    # The client honours PUBSUB_EMULATOR_HOST itself (insecure channel, no credentials).
+    return pubsub_v1.PublisherClient()
+
+
+@cache
+def storage_client() -> storage.Client:
+    from google.cloud import storage  # type: ignore[attr-defined]
+
+    settings = get_settings()
+    if settings.storage_base_url:
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(
+            project=settings.project,
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            client_options={"api_endpoint": settings.storage_base_url},
+        )
+    return storage.Client(project=settings.project)
+
+
+@cache
+def firestore_client() -> firestore.Client:
+    from google.cloud import firestore
+
+    return firestore.Client(project=get_settings().project)
+
+
+@cache
+def genai_client() -> GenaiClient:
+    from google import genai
+    from google.genai import types
+
+    settings = get_settings()
+    kwargs: dict[str, Any] = {}
+    if settings.genai_base_url:
+        # Local Vertex AI stand-in: any bearer token is accepted; AnonymousCredentials is not.
+        from google.oauth2.credentials import Credentials
+
+        kwargs["credentials"] = Credentials(token="local")  # type: ignore[no-untyped-call]  # noqa: S106  # type: ignore[no-untyped-call]
+        kwargs["http_options"] = types.HttpOptions(base_url=settings.genai_base_url)
+    return genai.Client(
+        vertexai=True, project=settings.project, location=settings.genai_location, **kwargs
+    )
+
+
+def topic_path(topic: str) -> str:
+    return f"projects/{get_settings().project}/topics/{topic}"
+
+
+def reset() -> None:
+    """Forget every cached client and the settings (tests, after changing the environment)."""
+    from shared import db
+
+    for getter in (publisher, storage_client, firestore_client, genai_client, db.engine):
+        getter.cache_clear()
+    get_settings.cache_clear()

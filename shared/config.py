@@ -1,0 +1,109 @@
+"""One frozen, typed settings object built from the environment, once per instance.
+
+Required values fail at start with a clear message; production refuses placeholder secrets.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+
+PLACEHOLDERS = frozenset({"", "changeme", "change-me", "secret", "dev", "local", "placeholder"})
+
+
+class ConfigError(RuntimeError):
+    """The environment does not describe a runnable instance."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    environment: str  # "local", "test", "dev", "prod"
+    project: str
+    region: str
+    service: str  # the function's name, used in logs and traces
+    database_url: str | None  # local: a SQLAlchemy URL
+    instance_connection_name: str | None  # production: Cloud SQL "project:region:instance"
+    db_user: str | None
+    db_name: str
+    cursor_secret: str  # HMAC key for opaque pagination cursors
+    jwt_issuer: str
+    jwt_audience: str
+    jwt_jwks_url: str | None
+    jwt_public_key_pem: str | None
+    genai_location: str
+    genai_model: str
+    genai_base_url: str | None  # local Vertex AI stand-in
+    storage_base_url: str | None  # local fake-gcs-server
+    log_level: str
+    push_audience: str | None  # production: the URL Pub/Sub push tokens are minted for
+    push_invoker_email: str | None
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment in {"dev", "prod", "production", "staging"}
+
+    @property
+    def has_database(self) -> bool:
+        return bool(self.database_url or self.instance_connection_name)
+
+
+def _require(env: dict[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"environment variable {name} is required but not set")
+    return value
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Build settings from `env` (default: the process environment); raises ConfigError."""
+    env = dict(os.environ if env is None else env)
+    environment = env.get("APP_ENV", "local").strip().lower()
+    project = env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCP_PROJECT") or ""
+    if not project:
+        if environment in {"local", "test"}:
+            project = "local-project"
+        else:
+            project = _require(env, "GOOGLE_CLOUD_PROJECT")
+    settings = Settings(
+        environment=environment,
+        project=project,
+        region=env.get("FUNCTION_REGION", "us-central1"),
+        service=env.get("K_SERVICE") or env.get("FUNCTION_TARGET") or "local",
+        database_url=env.get("DATABASE_URL") or None,
+        instance_connection_name=env.get("INSTANCE_CONNECTION_NAME") or None,
+        db_user=env.get("DB_IAM_USER") or None,
+        db_name=env.get("DB_NAME", "app"),
+        cursor_secret=env.get("CURSOR_SECRET", "local-cursor-secret"),
+        jwt_issuer=env.get("JWT_ISSUER", "https://auth.local"),
+        jwt_audience=env.get("JWT_AUDIENCE", "app"),
+        jwt_jwks_url=env.get("JWT_JWKS_URL") or None,
+        jwt_public_key_pem=env.get("JWT_PUBLIC_KEY_PEM") or None,
+        genai_location=env.get("GENAI_LOCATION", "us-central1"),
+        genai_model=env.get("GENAI_MODEL", "gemini-2.5-flash"),
+        genai_base_url=env.get("GENAI_BASE_URL") or None,
+        storage_base_url=env.get("STORAGE_EMULATOR_HOST") or None,
+        log_level=env.get("LOG_LEVEL", "INFO").upper(),
+        push_audience=env.get("PUSH_AUDIENCE") or None,
+        push_invoker_email=env.get("PUSH_INVOKER_EMAIL") or None,
+    )
+    _check_production(settings)
+    return settings
+
+
+def _check_production(settings: Settings) -> None:
+    if not settings.is_production:
+        return
+    if settings.cursor_secret.strip().lower() in PLACEHOLDERS or "local" in settings.cursor_secret:
+        raise ConfigError("CURSOR_SECRET must be a real secret in production")
+    if settings.database_url and not settings.instance_connection_name:
+        # Production reaches Cloud SQL through the connector with IAM auth, never by URL.
+        raise ConfigError("production uses INSTANCE_CONNECTION_NAME, not DATABASE_URL")
+    if settings.genai_base_url or settings.storage_base_url:
+        raise ConfigError("emulator endpoints must not be configured in production")
+
+
+@cache
+def get_settings() -> Settings:
+    """The instance's settings, built once. Tests call `get_settings.cache_clear()`."""
+    return load_settings()

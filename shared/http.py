@@ -1,0 +1,206 @@
+"""A small router for per-resource HTTP functions.
+
+One `Router` per function: routes declare method, path template, the role they need and their
+body schema in one visible place. The router binds the trace context, validates input, maps every
+error to problem+json in exactly one place, adds the trace id to every response, and writes one
+access log line per request in Cloud Logging's `httpRequest` shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import flask
+
+from shared import context, errors
+from shared.validation import Schema
+
+log = logging.getLogger("shared.http")
+
+MAX_BODY_BYTES = 1024 * 1024
+Handler = Callable[["Call"], Any]
+Authenticator = Callable[[flask.Request], Any]
+TraceSource = Callable[[flask.Request], Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    role: str | None = None  # None: public; otherwise the role the caller must hold
+    body: Schema | None = None
+    summary: str = ""
+    pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.path))
+        object.__setattr__(self, "pattern", re.compile(f"^{regex}$"))
+
+
+@dataclass
+class Call:
+    """What a handler gets: the raw request, path params, validated body, caller and trace."""
+
+    request: flask.Request
+    params: dict[str, str]
+    body: dict[str, Any] | None
+    trace: context.TraceContext
+    principal: Any = None
+
+    @property
+    def args(self) -> dict[str, str]:
+        return {k: v for k, v in self.request.args.items()}
+
+
+class Router:
+    def __init__(
+        self,
+        service: str,
+        authenticate: Authenticator | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        trace_source: TraceSource | None = None,
+    ) -> None:
+        self.service = service
+        # Where the trace context comes from: the request headers unless the function knows
+        # better (a push consumer continues the trace of the message it delivers).
+        self.trace_source: TraceSource = trace_source or _request_headers
+        self.authenticate = authenticate
+        self.max_body_bytes = max_body_bytes
+        self.routes: list[Route] = []
+        self.route("GET", "/healthz", summary="Liveness and readiness")(self._health)
+
+    def route(
+        self, method: str, path: str, *, role: str | None = None, body: Schema | None = None,
+        summary: str = "",
+    ) -> Callable[[Handler], Handler]:
+        if role is not None and self.authenticate is None:
+            raise ValueError(f"{method} {path} needs role {role!r} but the router has no auth")
+
+        def register(handler: Handler) -> Handler:
+            self.routes.append(Route(method.upper(), path, handler, role, body, summary))
+            return handler
+
+        return register
+
+    def _health(self, call: Call) -> dict[str, str]:
+        return {"status": "ok", "service": self.service}
+
+    def __call__(self, request: flask.Request) -> flask.Response:
+        trace = context.from_headers(self.trace_source(request))
+        started = time.perf_counter()
+        with context.bound(trace):
+            try:
+                response = self._dispatch(request, trace)
+            except errors.AppError as exc:
+                response = _problem_response(exc, trace, request.path)
+            except Exception:
+                log.exception("unhandled error in %s %s", request.method, request.path)
+                response = _problem_response(errors.AppError(), trace, request.path)
+            response.headers["X-Trace-Id"] = trace.trace_id
+            response.headers["X-Request-Id"] = trace.request_id
+            response.headers["traceparent"] = trace.traceparent
+            _access_log(request, response, time.perf_counter() - started)
+            return response
+
+    def _dispatch(self, request: flask.Request, trace: context.TraceContext) -> flask.Response:
+        path = request.path.rstrip("/") or "/"
+        allowed: list[str] = []
+        for route in self.routes:
+            match = route.pattern.match(path)
+            if not match:
+                continue
+            if route.method != request.method and not (
+                route.method == "GET" and request.method == "HEAD"
+            ):
+                allowed.append(route.method)
+                continue
+            principal = self.authenticate(request) if route.role and self.authenticate else None
+            if route.role is not None:
+                _require_role(principal, route.role)
+            body = _read_body(request, route.body, self.max_body_bytes) if route.body else None
+            call = Call(request, match.groupdict(), body, trace, principal)
+            return _to_response(route.handler(call))
+        if allowed:
+            raise errors.MethodNotAllowed(
+                f"{request.method} is not allowed here", headers={"Allow": ", ".join(allowed)}
+            )
+        raise errors.NotFound(f"no route for {request.method} {path}")
+
+
+def _request_headers(request: flask.Request) -> Mapping[str, str]:
+    return dict(request.headers)
+
+
+def _require_role(principal: Any, role: str) -> None:
+    roles = set(getattr(principal, "roles", ()) or ())
+    if role not in roles and "admin" not in roles:
+        raise errors.Forbidden(f"this route needs the {role} role", code="missing_role")
+
+
+def _read_body(request: flask.Request, schema: Schema, limit: int) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.PayloadTooLarge(f"body exceeds {limit} bytes")
+    mimetype = request.mimetype or ""
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise errors.UnsupportedMediaType("send the body as application/json")
+    raw = request.get_data(cache=True)
+    if len(raw) > limit:
+        raise errors.PayloadTooLarge(f"body exceeds {limit} bytes")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise errors.BadRequest("body is not valid JSON", code="invalid_json") from None
+    return schema.validate(data)
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None,
+                  mimetype: str = "application/json") -> flask.Response:
+    payload = json.dumps(body, separators=(",", ":"), default=str, ensure_ascii=False)
+    return flask.Response(payload, status=status, headers=headers, mimetype=mimetype)
+
+
+def _to_response(result: Any) -> flask.Response:
+    if isinstance(result, flask.Response):
+        return result
+    if isinstance(result, tuple):
+        body, status, *rest = result
+        return json_response(body, status, rest[0] if rest else None)
+    if result is None:
+        return flask.Response(status=204)
+    return json_response(result)
+
+
+def _problem_response(exc: errors.AppError, trace: context.TraceContext, path: str
+                      ) -> flask.Response:
+    body = errors.problem(exc, trace.trace_id, path)
+    return json_response(body, exc.status, dict(exc.headers), mimetype=errors.PROBLEM_JSON)
+
+
+def _access_log(request: flask.Request, response: flask.Response, latency: float) -> None:
+    status = response.status_code
+    level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
+    log.log(
+        level,
+        "%s %s %d",
+        request.method,
+        request.path,
+        status,
+        extra={
+            "httpRequest": {
+                "requestMethod": request.method,
+                "requestUrl": request.path,  # no query string: it may carry secrets
+                "status": status,
+                "latency": f"{latency:.6f}s",
+                "userAgent": request.headers.get("User-Agent", ""),
+                "remoteIp": request.headers.get("X-Forwarded-For", request.remote_addr or ""),
+                "responseSize": str(response.calculate_content_length() or 0),
+            }
+        },
+    )

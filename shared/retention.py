@@ -1,0 +1,47 @@
+"""Retention for platform tables, run by the daily `maintenance` function."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from shared import db
+
+# Published outbox rows are kept a while for audit and debugging, then dropped.
+OUTBOX_RETENTION = timedelta(days=7)
+BATCH = 5000
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    dedupe_ids: int
+    idempotency_records: int
+    outbox_rows: int
+
+
+def _delete_in_batches(sql: str, params: dict[str, object]) -> int:
+    """Delete in bounded batches so a large backlog never holds one long transaction."""
+    import sqlalchemy
+
+    total = 0
+    while True:
+        with db.transaction() as conn:
+            deleted = conn.execute(sqlalchemy.text(sql), params | {"batch": BATCH}).rowcount
+        total += deleted
+        if deleted < BATCH:
+            return total
+
+
+def prune_expired(outbox_retention: timedelta = OUTBOX_RETENTION) -> PruneResult:
+    """Remove expired dedupe ids, expired idempotency records and old published outbox rows."""
+    dedupe = _delete_in_batches(
+        "DELETE FROM processed_messages WHERE ctid IN (SELECT ctid FROM processed_messages "
+        "WHERE expires_at < now() LIMIT :batch)", {})
+    idem = _delete_in_batches(
+        "DELETE FROM idempotency_keys WHERE ctid IN (SELECT ctid FROM idempotency_keys "
+        "WHERE expires_at < now() LIMIT :batch)", {})
+    outbox = _delete_in_batches(
+        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at IS NOT NULL "
+        "AND published_at < now() - make_interval(secs => :age) LIMIT :batch)",
+        {"age": outbox_retention.total_seconds()})
+    return PruneResult(dedupe, idem, outbox)

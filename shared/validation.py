@@ -1,0 +1,118 @@
+"""Small declarative JSON body validation. Schemas render to JSON Schema, so the OpenAPI
+document and the code check the same rules (a test compares them)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.errors import ValidationFailed
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    type: str
+    required: bool = False
+    min_length: int | None = None
+    max_length: int | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    enum: tuple[Any, ...] | None = None
+    pattern: str | None = None
+    items: Field | None = None
+    description: str = ""
+
+    def json_schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": self.type}
+        for key, value in (
+            ("minLength" if self.type == "string" else "minItems", self.min_length),
+            ("maxLength" if self.type == "string" else "maxItems", self.max_length),
+            ("minimum", self.minimum),
+            ("maximum", self.maximum),
+            ("pattern", self.pattern),
+        ):
+            if value is not None:
+                schema[key] = value
+        if self.enum is not None:
+            schema["enum"] = list(self.enum)
+        if self.items is not None:
+            schema["items"] = self.items.json_schema()
+        return schema
+
+
+@dataclass(frozen=True)
+class Schema:
+    fields: Mapping[str, Field] = field(default_factory=dict)
+    allow_extra: bool = False
+
+    def json_schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {
+            "type": "object",
+            "properties": {name: f.json_schema() for name, f in self.fields.items()},
+            "additionalProperties": self.allow_extra,
+        }
+        required = [name for name, f in self.fields.items() if f.required]
+        if required:
+            schema["required"] = required
+        return schema
+
+    def validate(self, body: Any) -> dict[str, Any]:
+        """Return the validated object or raise ValidationFailed listing every problem."""
+        if not isinstance(body, dict):
+            raise ValidationFailed("request body must be a JSON object", errors=[
+                {"field": "", "message": "expected an object"}
+            ])
+        errors: list[dict[str, str]] = []
+        for name, spec in self.fields.items():
+            if name not in body or body[name] is None:
+                if spec.required:
+                    errors.append({"field": name, "message": "is required"})
+                continue
+            errors.extend(_check(name, spec, body[name]))
+        if not self.allow_extra:
+            errors.extend(
+                {"field": str(name), "message": "is not allowed"}
+                for name in body
+                if name not in self.fields
+            )
+        if errors:
+            raise ValidationFailed("request body is invalid", errors=errors)
+        return {k: v for k, v in body.items() if k in self.fields or self.allow_extra}
+
+
+def _check(path: str, spec: Field, value: Any) -> list[dict[str, str]]:
+    expected = _JSON_TYPES[spec.type]
+    # bool is an int in Python but not in JSON.
+    if not isinstance(value, expected) or (isinstance(value, bool) and spec.type != "boolean"):
+        return [{"field": path, "message": f"must be of type {spec.type}"}]
+    problems: list[str] = []
+    if isinstance(value, str | list):
+        if spec.min_length is not None and len(value) < spec.min_length:
+            problems.append(f"must have at least {spec.min_length} characters/items")
+        if spec.max_length is not None and len(value) > spec.max_length:
+            problems.append(f"must have at most {spec.max_length} characters/items")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if spec.minimum is not None and value < spec.minimum:
+            problems.append(f"must be >= {spec.minimum:g}")
+        if spec.maximum is not None and value > spec.maximum:
+            problems.append(f"must be <= {spec.maximum:g}")
+    if spec.enum is not None and value not in spec.enum:
+        problems.append("must be one of " + ", ".join(map(str, spec.enum)))
+    if spec.pattern is not None and isinstance(value, str) and not re.search(spec.pattern, value):
+        problems.append("has an invalid format")
+    result = [{"field": path, "message": m} for m in problems]
+    if spec.items is not None and isinstance(value, list):
+        for i, item in enumerate(value):
+            result.extend(_check(f"{path}[{i}]", spec.items, item))
+    return result
