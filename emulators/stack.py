@@ -29,6 +29,7 @@ from emulators.postgres import start_postgres
 from emulators.proc import (
     LOOPBACK,
     ManagedProcess,
+    PrerequisiteMissing,
     StartupError,
     free_port,
     http_ok,
@@ -83,6 +84,9 @@ class Stack:
         return self.endpoints
 
     def _start(self, started: float) -> None:
+        missing = services.missing_prerequisites()
+        if missing:
+            raise PrerequisiteMissing("the local cloud needs:\n  - " + "\n  - ".join(missing))
         run = self.run_dir
         with ThreadPoolExecutor(max_workers=4) as pool:
             futures: list[Future[Any]] = [

@@ -1,8 +1,8 @@
-"""Local stand-in for Vertex AI's Gemini REST API, so the real google-genai client can be exercised offline.
+"""Local stand-in for Vertex AI's Gemini REST API, so the real google-genai client runs offline.
 
-Replies are deterministic (persona from the system instruction + echo of the last user message), which
-lets tests assert exact text and token counts, and faults (429 / 500 / slow / malformed) can be queued
-in-process or over HTTP so retry, timeout and error paths are testable against a running local stack.
+Replies are deterministic (persona from the system instruction + echo of the last user message), so
+tests can assert exact text and token counts; faults (429 / 500 / slow / malformed) can be queued
+in-process or over HTTP, so retry, timeout and error paths are testable against a running stack.
 Stdlib only, so importing it costs nothing in processes that never start it.
 """
 
@@ -30,8 +30,8 @@ WORDS_PER_CHUNK = 3
 # /{api_version}/projects/{p}/locations/{l}/publishers/google/models/{model}:{method}; the prefix is
 # optional so hand-written callers using the short publisher path also work.
 _MODEL_PATH = re.compile(
-    r"^/v[^/]+/(?:projects/[^/]+/locations/[^/]+/)?"
-    r"publishers/[^/]+/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent|countTokens)$"
+    r"^/v[^/]+/(?:projects/[^/]+/locations/[^/]+/)?publishers/[^/]+/models/(?P<model>[^/:]+)"
+    r":(?P<method>generateContent|streamGenerateContent|countTokens)$"
 )
 _STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL"}
 JsonDict = dict[str, Any]
@@ -42,20 +42,21 @@ class BadRequest(ValueError):
 
 
 def _texts(content: Any) -> list[str]:
-    """Text parts of a Content dict (or a bare string), ignoring non-text parts such as inline data."""
+    """Text parts of a Content dict (or a bare string), skipping non-text parts."""
     if isinstance(content, str):
         return [content]
-    if not isinstance(content, dict) or not isinstance(content.get("parts"), list):
+    parts = content.get("parts") if isinstance(content, dict) else None
+    if not isinstance(parts, list):
         return []
-    return [p["text"] for p in content["parts"] if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)]
 
 
 def _contents(body: Any) -> list[Any]:
     """The request's `contents`, validated the way Vertex does before it spends any model time."""
     if not isinstance(body, dict):
         raise BadRequest("Request body must be a JSON object.")
-    contents = body.get("contents")
-    if not isinstance(contents, list) or not contents or not all(isinstance(c, dict) for c in contents):
+    contents = body.get("contents") or None  # an empty list counts as missing
+    if not isinstance(contents, list) or not all(isinstance(c, dict) for c in contents):
         raise BadRequest("Unable to submit request because it must include at least one content.")
     return contents
 
@@ -93,13 +94,13 @@ def _candidate(text: str, final: bool) -> JsonDict:
 def generate_response(body: JsonDict, model: str) -> JsonDict:
     """A complete GenerateContentResponse as Vertex would return it for a non-streaming call."""
     text = reply_text(body)
-    prompt, out = prompt_tokens(body), estimate_tokens(text)
-    usage = {"promptTokenCount": prompt, "candidatesTokenCount": out, "totalTokenCount": prompt + out}
+    ins, outs = prompt_tokens(body), estimate_tokens(text)
+    usage = {"promptTokenCount": ins, "candidatesTokenCount": outs, "totalTokenCount": ins + outs}
     return {"candidates": [_candidate(text, True)], "usageMetadata": usage, "modelVersion": model}
 
 
 def stream_responses(body: JsonDict, model: str) -> list[JsonDict]:
-    """The streamed form of `generate_response`: text deltas, the last carrying finishReason and usage."""
+    """`generate_response` as text deltas; the last chunk carries finishReason and usage."""
     full = generate_response(body, model)
     deltas = split_deltas(full["candidates"][0]["content"]["parts"][0]["text"])
     chunks = [{"candidates": [_candidate(d, False)], "modelVersion": model} for d in deltas]
@@ -155,7 +156,7 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("vertex stand-in bug")
             self._json(500, error_body(500, f"stand-in bug: {exc!r}"))
 
-    do_GET = do_POST = do_DELETE = _dispatch  # http.server looks handlers up as do_<METHOD>
+    do_GET = do_POST = do_DELETE = _dispatch  # noqa: N815 - http.server calls do_<METHOD>
 
     def _read_body(self) -> bytes:
         try:
@@ -202,8 +203,11 @@ class _Handler(BaseHTTPRequestHandler):
         entry = {"method": method, "model": model, "path": self.path}
         fault = standin._begin_call(entry | {"body": text if body is None else body})
         if fault in ("429", "500"):
-            message = "Resource exhausted. Please try again later." if fault == "429" else "Internal error."
-            self._json(int(fault), error_body(int(fault), message))
+            code = int(fault)
+            message = (
+                "Resource exhausted. Please try again later." if code == 429 else "Internal error."
+            )
+            self._json(code, error_body(code, message))
             return
         if body is None:
             raise BadRequest("Invalid JSON payload received.")
@@ -243,7 +247,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class VertexStandin:
-    """The stand-in server: start() serves on a daemon thread, faults are a FIFO consumed per model call."""
+    """The stand-in: start() serves on a daemon thread; faults are a FIFO, one per model call."""
 
     def __init__(
         self, host: str = "127.0.0.1", port: int = 0, latency_s: float = 0.0, slow_s: float = 5.0
@@ -260,7 +264,7 @@ class VertexStandin:
 
     @property
     def url(self) -> str:
-        """Base URL to hand to `types.HttpOptions(base_url=...)`; only known once started (port 0)."""
+        """Base URL for `types.HttpOptions(base_url=...)`; known only once started (port 0)."""
         if self._server is None:
             raise RuntimeError("VertexStandin is not started")
         return f"http://{self.host}:{self._server.server_address[1]}"
@@ -273,8 +277,9 @@ class VertexStandin:
         self._server = server
         # A short poll interval keeps stop() (server.shutdown) fast; idle cost is negligible.
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="vertex-standin", daemon=True
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="vertex-standin"
         )
+        self._thread.daemon = True
         self._thread.start()
         log.info("vertex stand-in listening on %s", self.url)
         return self
@@ -325,7 +330,7 @@ class VertexStandin:
             self._requests.clear()
 
     def _begin_call(self, entry: JsonDict) -> str | None:
-        """Log a model call, take its fault (if any) and sleep its latency; stop() cuts the sleep short."""
+        """Log a model call, take its fault (if any), sleep its latency (stop() cuts it short)."""
         with self._lock:
             self._requests.append(entry)
             fault = self._faults.popleft() if self._faults else None
@@ -336,18 +341,19 @@ class VertexStandin:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve until SIGTERM/SIGINT; prints the URL first so a parent started with --port 0 can find it."""
+    """Serve until SIGTERM/SIGINT; prints the URL first so a parent using --port 0 can find it."""
     parser = argparse.ArgumentParser(prog="python -m emulators.vertex_standin", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="sleep before every model reply")
-    parser.add_argument("--slow-ms", type=float, default=5000.0, help="extra sleep for the 'slow' fault")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="sleep before each reply")
+    parser.add_argument("--slow-ms", type=float, default=5000.0, help="sleep of the 'slow' fault")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: done.set())
-    standin = VertexStandin(args.host, args.port, args.latency_ms / 1000, args.slow_ms / 1000).start()
+    standin = VertexStandin(args.host, args.port, args.latency_ms / 1000, args.slow_ms / 1000)
+    standin.start()
     sys.stdout.write(f"vertex stand-in listening on {standin.url}\n")
     sys.stdout.flush()
     try:

@@ -149,8 +149,9 @@ TOPOLOGY = Topology(
         ),
     ),
     topics=(
-        Topic("outbox.tick", external=True, description="Cloud Scheduler: outbox sweep"),
-        Topic("maintenance.daily", external=True, description="Cloud Scheduler: daily retention"),
+        Topic("outbox.tick", description="Cloud Scheduler: outbox sweep"),
+        Topic("maintenance.daily", description="Cloud Scheduler: daily retention"),
+        Topic("uploads.finalized", description="Bucket notifications: objects finalized"),
         Topic(DEAD_LETTER, external=True, description="Messages that exhausted delivery attempts"),
     ),
     subscriptions=(

@@ -69,19 +69,21 @@ def from_headers(headers: Mapping[str, str]) -> TraceContext:
     """Continue the caller's trace (traceparent wins over X-Cloud-Trace-Context) or start one.
 
     Malformed values are ignored rather than rejected: tracing must never fail a request.
+    Header names are matched case-insensitively.
     """
+    headers = {k.lower(): v for k, v in headers.items()}
     parent = _from_traceparent(headers.get("traceparent", "") or "")
     trace_id: str
     parent_span: str | None
     if parent:
         trace_id, parent_span, sampled = parent
     else:
-        cloud = _from_cloud_trace(headers.get("X-Cloud-Trace-Context", "") or "")
+        cloud = _from_cloud_trace(headers.get("x-cloud-trace-context", "") or "")
         if cloud:
             trace_id, parent_span, sampled = cloud
         else:
             trace_id, parent_span, sampled = new_trace_id(), None, True
-    request_id = (headers.get("X-Request-Id", "") or "").strip()
+    request_id = (headers.get("x-request-id", "") or "").strip()
     if not _REQUEST_ID.match(request_id):
         request_id = secrets.token_hex(8)
     return TraceContext(trace_id, new_span_id(), parent_span, sampled, request_id)

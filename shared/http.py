@@ -135,7 +135,7 @@ class Router:
 
 
 def _request_headers(request: flask.Request) -> Mapping[str, str]:
-    return dict(request.headers)
+    return dict(request.headers.items())
 
 
 def _require_role(principal: Any, role: str) -> None:

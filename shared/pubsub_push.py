@@ -113,6 +113,7 @@ def _verify_push_identity(request: flask.Request) -> None:
     header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer "):
         raise errors.Unauthorized("push delivery without a bearer token")
+    from google.auth import exceptions as auth_exceptions
     from google.auth.transport import requests as google_requests
     from google.oauth2 import id_token
 
@@ -120,7 +121,10 @@ def _verify_push_identity(request: flask.Request) -> None:
         claims = id_token.verify_oauth2_token(  # type: ignore[no-untyped-call]
             header.removeprefix("Bearer "), google_requests.Request(), settings.push_audience
         )
-    except ValueError:
+    except auth_exceptions.TransportError:
+        # Google's certificates could not be fetched: retryable, so nack with a 503.
+        raise errors.ServiceUnavailable("cannot verify push tokens right now") from None
+    except (ValueError, auth_exceptions.GoogleAuthError):
         raise errors.Unauthorized("push token is invalid") from None
     if settings.push_invoker_email and (
         claims.get("email") != settings.push_invoker_email or not claims.get("email_verified")

@@ -23,20 +23,21 @@ import sqlalchemy
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import firestore, pubsub_v1, storage
+from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defined]  # no py.typed
 from google.oauth2 import service_account
+from sqlalchemy import text
 
 # Plain `pytest` (no rootdir pythonpath config) does not put the repo root on sys.path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from emulators import postgres as pg_module  # noqa: E402
-from emulators.proc import (  # noqa: E402
+from emulators import postgres as pg_module
+from emulators.proc import (
     ManagedProcess,
     PrerequisiteMissing,
     StartupError,
     free_port,
 )
-from emulators.services import (  # noqa: E402
+from emulators.services import (
     EmulatorHandle,
     GcsHandle,
     PostgresHandle,
@@ -136,14 +137,16 @@ def _exercise_sql(url: str, table: str) -> str:
     engine = sqlalchemy.create_engine(url)
     try:
         with engine.begin() as conn:
-            version = conn.execute(sqlalchemy.text("select version()")).scalar_one()
-            conn.execute(sqlalchemy.text(f"create table {table} (id serial primary key, name text not null)"))
-            conn.execute(sqlalchemy.text(f"insert into {table} (name) values (:a), (:b)"), {"a": "ada", "b": "bob"})
+            version = conn.execute(text("select version()")).scalar_one()
+            conn.execute(text(f"create table {table} (id serial primary key, name text not null)"))
+            conn.execute(
+                text(f"insert into {table} (name) values (:a), (:b)"), {"a": "ada", "b": "bo"}
+            )
         with engine.connect() as conn:
-            names = conn.execute(sqlalchemy.text(f"select name from {table} order by id")).scalars().all()
+            names = conn.execute(text(f"select name from {table} order by id")).scalars().all()
     finally:
         engine.dispose()
-    assert names == ["ada", "bob"]
+    assert names == ["ada", "bo"]
     return str(version)
 
 
@@ -153,9 +156,10 @@ def test_postgres_runs_sql(postgres: PostgresHandle) -> None:
     assert _exercise_sql(postgres.url, "people").startswith("PostgreSQL ")
     # The handle's pid is the postmaster itself, dropped to the postgres user when we are root.
     assert postgres.process is not None
-    assert Path(f"/proc/{postgres.process.pid}/exe").resolve().name == "postgres"
+    proc_dir = Path(f"/proc/{postgres.process.pid}")
+    assert (proc_dir / "exe").resolve().name == "postgres"
     if os.geteuid() == 0:
-        assert Path(f"/proc/{postgres.process.pid}").stat().st_uid == pwd.getpwnam("postgres").pw_uid
+        assert proc_dir.stat().st_uid == pwd.getpwnam("postgres").pw_uid
 
 
 def test_postgres_uses_database_url(
@@ -168,6 +172,20 @@ def test_postgres_uses_database_url(
     _exercise_sql(external.url, "via_env")
     external.stop()
     assert postgres.process is not None and postgres.process.alive()
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgres://u:p@db:6543/app", "postgresql+pg8000://u:p@db:6543/app"),
+        ("postgresql://u:p%40ss@db/app", "postgresql+pg8000://u:p%40ss@db/app"),
+        ("postgresql+psycopg2://u@db/app", "postgresql+pg8000://u@db/app"),
+    ],
+)
+def test_database_url_is_normalized_to_pg8000(given: str, expected: str) -> None:
+    assert pg_module.normalize_url(given).render_as_string(hide_password=False) == expected
+    with pytest.raises(ValueError, match="not a PostgreSQL URL"):
+        pg_module.normalize_url("mysql://u@db/app")
 
 
 def test_postgres_unreachable_database_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -197,7 +215,8 @@ def test_postgres_missing_everything(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.setenv("PATH", BARE_PATH)
     monkeypatch.setattr(pg_module, "PG_SYSTEM_ROOT", tmp_path / "no-system-postgres")
     monkeypatch.setattr(pg_module, "PGSERVER_PACKAGE", "no_such_pgserver_package")
-    with pytest.raises(PrerequisiteMissing, match=r"apt-get install postgresql.*pip install pgserver"):
+    expected = r"apt-get install postgresql.*pip install pgserver"
+    with pytest.raises(PrerequisiteMissing, match=expected):
         start_postgres(tmp_path)
 
 
@@ -230,7 +249,9 @@ def test_pubsub_publish_pull_ack(pubsub: EmulatorHandle, monkeypatch: pytest.Mon
 # --- Firestore ----------------------------------------------------------------------------------
 
 
-def test_firestore_listener_sees_write(firestore_emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_firestore_listener_sees_write(
+    firestore_emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_emulator.host)
     client = firestore.Client(project=PROJECT)
     doc = client.collection("jobs").document("job-1")
@@ -248,12 +269,12 @@ def test_firestore_listener_sees_write(firestore_emulator: EmulatorHandle, monke
         doc.set({"state": "queued", "attempt": 1})
         assert seen.wait(timeout=30), "the on_snapshot listener never saw the write"
     finally:
-        watch.unsubscribe()
+        watch.unsubscribe()  # type: ignore[no-untyped-call]
     assert snapshots[-1] == {"state": "queued", "attempt": 1}
 
     reset_firestore(firestore_emulator.host, PROJECT)
     assert not doc.get().exists
-    client.close()
+    client.close()  # type: ignore[no-untyped-call]
 
 
 # --- Cloud Storage (fake-gcs-server) with Pub/Sub notifications ---------------------------------
@@ -265,17 +286,20 @@ def _signing_credentials() -> service_account.Credentials:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
-    return service_account.Credentials.from_service_account_info(
-        {
-            "type": "service_account",
-            "project_id": PROJECT,
-            "private_key_id": "local-test-key",
-            "private_key": pem,
-            "client_email": f"uploader@{PROJECT}.iam.gserviceaccount.com",
-            "client_id": "1",
-            "token_uri": "https://oauth2.googleapis.com/token",
-        }
+    info = {
+        "type": "service_account",
+        "project_id": PROJECT,
+        "private_key_id": "local-test-key",
+        "private_key": pem,
+        "client_email": f"uploader@{PROJECT}.iam.gserviceaccount.com",
+        "client_id": "1",
+        # Never contacted: signing is local; only a token refresh would use it.
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    creds: service_account.Credentials = (
+        service_account.Credentials.from_service_account_info(info)  # type: ignore[no-untyped-call]
     )
+    return creds
 
 
 def test_signed_put_upload_notifies_pubsub(
@@ -292,12 +316,16 @@ def test_signed_put_upload_notifies_pubsub(
     object_name = "incoming/report.csv"
     body = b"id,name\n1,ada\n"
     signer = storage.Client(project=PROJECT, credentials=_signing_credentials())
-    signed_url = signer.bucket(BUCKET).blob(object_name).generate_signed_url(
-        version="v4",
-        method="PUT",
-        content_type="text/csv",
-        api_access_endpoint=gcs.url,
-        expiration=timedelta(minutes=15),
+    signed_url = (
+        signer.bucket(BUCKET)
+        .blob(object_name)
+        .generate_signed_url(
+            version="v4",
+            method="PUT",
+            content_type="text/csv",
+            api_access_endpoint=gcs.url,
+            expiration=timedelta(minutes=15),
+        )
     )
     assert signed_url.startswith(f"{gcs.url}/{BUCKET}/incoming/report.csv?")
     assert "X-Goog-Signature=" in signed_url
@@ -305,7 +333,9 @@ def test_signed_put_upload_notifies_pubsub(
     assert put.status_code == 200, put.text
 
     reader = storage.Client(
-        project=PROJECT, credentials=AnonymousCredentials(), client_options={"api_endpoint": gcs.url}
+        project=PROJECT,
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        client_options={"api_endpoint": gcs.url},
     )
     blob = reader.bucket(BUCKET).get_blob(object_name)
     assert blob is not None and blob.size == len(body) and blob.content_type == "text/csv"
@@ -317,7 +347,8 @@ def test_signed_put_upload_notifies_pubsub(
     messages: list[Any] = []
     try:
         while not messages and time.monotonic() < deadline:
-            messages = list(subscriber.pull(subscription=subscription, max_messages=10, timeout=30).received_messages)
+            pulled = subscriber.pull(subscription=subscription, max_messages=10, timeout=30)
+            messages = list(pulled.received_messages)
         assert messages, "no bucket notification arrived on the subscription"
         message = messages[0].message
         assert message.attributes["eventType"] == "OBJECT_FINALIZE"
@@ -340,12 +371,15 @@ def test_missing_java_is_named(start: Any, monkeypatch: pytest.MonkeyPatch, tmp_
         start(tmp_path, PROJECT)
 
 
-def test_missing_emulator_component_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_missing_emulator_component_is_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     (tmp_path / "sdk" / "platform").mkdir(parents=True)
     monkeypatch.setenv("CLOUDSDK_ROOT", str(tmp_path / "sdk"))
     with pytest.raises(PrerequisiteMissing, match=r"pubsub-emulator.*gcloud components install"):
         start_pubsub_emulator(tmp_path, PROJECT)
-    with pytest.raises(PrerequisiteMissing, match=r"cloud-firestore-emulator.*google-cloud-cli-firestore-emulator"):
+    expected = r"cloud-firestore-emulator.*google-cloud-cli-firestore-emulator"
+    with pytest.raises(PrerequisiteMissing, match=expected):
         start_firestore_emulator(tmp_path, PROJECT)
 
 

@@ -6,6 +6,7 @@ its error paths (429 / 500 / timeouts / garbage responses) can be tested determi
 
 from __future__ import annotations
 
+import http.client
 import importlib
 import json
 import math
@@ -14,11 +15,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import google.oauth2.credentials
 import pytest
@@ -35,15 +35,13 @@ MODEL = "gemini-2.0-flash"
 SYSTEM = "You are a terse pirate captain who speaks only of maps and treasure."
 PROMPT = "Where did you bury the gold that we found on the island last spring?"
 EXPECTED = f"[{SYSTEM[:40]}] echo: {PROMPT}"
-# No environment proxy may intercept loopback calls made by the tests themselves.
-_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 ClientFactory = Callable[..., genai.Client]
 
 
 @pytest.fixture
 def standin() -> Iterator[VertexStandin]:
-    """A fresh in-process stand-in per test, so fault queues and request logs never leak across tests."""
+    """A fresh in-process stand-in per test, so fault queues and request logs never leak."""
     server = VertexStandin(slow_s=0.2).start()
     try:
         yield server
@@ -53,7 +51,7 @@ def standin() -> Iterator[VertexStandin]:
 
 @pytest.fixture
 def make_client(standin: VertexStandin, monkeypatch: pytest.MonkeyPatch) -> ClientFactory:
-    """Clients exactly as production builds them for Vertex, pointed at the stand-in, retries off."""
+    """Vertex-mode clients (project + location + credentials) aimed at the stand-in, retries off."""
     monkeypatch.delenv("GOOGLE_GENAI_API_VERSION", raising=False)
 
     def build(**http: Any) -> genai.Client:
@@ -84,18 +82,19 @@ def _config() -> types.GenerateContentConfig:
 
 
 def _http(method: str, url: str, body: bytes | None = None) -> tuple[int, Any]:
-    """Status and decoded JSON body, for error statuses too."""
-    request = urllib.request.Request(url, data=body, method=method)
+    """Status and decoded JSON body; plain http.client, so no proxy settings can get in the way."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.netloc, timeout=5)
     try:
-        with _HTTP.open(request, timeout=5) as response:
-            return int(response.status), json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read())
+        conn.request(method, parts.path, body=body)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
 
 
 def _timeout_errors() -> tuple[type[BaseException], ...]:
-    """google-genai 3.x sends through httpx2 when installed and falls back to httpx; accept either."""
+    """google-genai 3.x sends through httpx2 if installed, else httpx; accept either's timeout."""
     found: list[type[BaseException]] = []
     for name in ("httpx2", "httpx"):
         try:
@@ -141,7 +140,9 @@ def test_reply_echoes_last_user_turn_and_defaults_persona(client: genai.Client) 
 
 def test_stream_chunks_join_to_the_non_streamed_reply(client: genai.Client) -> None:
     whole = client.models.generate_content(model=MODEL, contents=PROMPT, config=_config())
-    chunks = list(client.models.generate_content_stream(model=MODEL, contents=PROMPT, config=_config()))
+    chunks = list(
+        client.models.generate_content_stream(model=MODEL, contents=PROMPT, config=_config())
+    )
 
     assert len(chunks) > 1
     assert "".join(chunk.text or "" for chunk in chunks) == whole.text == EXPECTED
@@ -151,7 +152,9 @@ def test_stream_chunks_join_to_the_non_streamed_reply(client: genai.Client) -> N
     assert all(c.candidates and c.candidates[0].finish_reason is None for c in chunks[:-1])
 
 
-def test_count_tokens_and_api_version_override(standin: VertexStandin, make_client: ClientFactory) -> None:
+def test_count_tokens_and_api_version_override(
+    standin: VertexStandin, make_client: ClientFactory
+) -> None:
     client = make_client(api_version="v1")
     counted = client.models.count_tokens(model=MODEL, contents=PROMPT)
     assert counted.total_tokens == math.ceil(len(PROMPT) / 4)
@@ -174,7 +177,8 @@ def test_http_faults_surface_as_genai_errors_once(
     def call() -> str:
         if stream:
             return "".join(
-                c.text or "" for c in client.models.generate_content_stream(model=MODEL, contents="hi")
+                c.text or ""
+                for c in client.models.generate_content_stream(model=MODEL, contents="hi")
             )
         return client.models.generate_content(model=MODEL, contents="hi").text or ""
 
@@ -192,7 +196,7 @@ def test_malformed_reply_raises_instead_of_hanging(
 ) -> None:
     standin.inject("malformed")
     # Unary: json.JSONDecodeError; streaming: errors.UnknownApiResponseError. Both are ValueErrors.
-    with pytest.raises(ValueError, match="JSON|Expecting"):
+    with pytest.raises(ValueError, match=r"JSON|Expecting"):
         if stream:
             list(client.models.generate_content_stream(model=MODEL, contents="hi"))
         else:
@@ -200,7 +204,9 @@ def test_malformed_reply_raises_instead_of_hanging(
     assert client.models.generate_content(model=MODEL, contents="hi").text == "[assistant] echo: hi"
 
 
-def test_slow_fault_trips_the_client_timeout(standin: VertexStandin, make_client: ClientFactory) -> None:
+def test_slow_fault_trips_the_client_timeout(
+    standin: VertexStandin, make_client: ClientFactory
+) -> None:
     standin.slow_s = 2.0
     standin.inject("slow")
     client = make_client(timeout=150)
@@ -210,7 +216,9 @@ def test_slow_fault_trips_the_client_timeout(standin: VertexStandin, make_client
     assert time.monotonic() - started < 1.5
 
 
-def test_slow_fault_and_latency_delay_but_still_answer(standin: VertexStandin, client: genai.Client) -> None:
+def test_slow_fault_and_latency_delay_but_still_answer(
+    standin: VertexStandin, client: genai.Client
+) -> None:
     standin.latency_s = 0.05
     standin.inject("slow")  # fixture sets slow_s=0.2
     started = time.monotonic()
@@ -278,7 +286,15 @@ def _free_port() -> int:
 def test_cli_serves_until_signalled(sig: signal.Signals) -> None:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "emulators.vertex_standin", "--port", str(port), "--latency-ms", "5"],
+        [
+            sys.executable,
+            "-m",
+            "emulators.vertex_standin",
+            "--port",
+            str(port),
+            "--latency-ms",
+            "5",
+        ],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -1,0 +1,49 @@
+# The two commands: `make dev` (the local cloud) and `make test` (lint, types, every test tier).
+# Both set themselves up on a fresh machine: the virtualenv and its packages are (re)installed
+# whenever the requirements change.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: dev test lint typecheck unit integration e2e bench down check clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+dev: $(STAMP)
+	$(PY) -m emulators up
+
+test: lint typecheck
+	$(PY) -m pytest -q tests/unit tests/integration tests/e2e
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy shared infra functions emulators bench
+
+unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+integration: $(STAMP)
+	$(PY) -m pytest -q tests/integration
+
+e2e: $(STAMP)
+	$(PY) -m pytest -q tests/e2e
+
+bench: $(STAMP)
+	$(PY) -m bench.cold_start --runs 10 --markdown
+
+check: $(STAMP)
+	$(PY) -m emulators check
+
+down: $(STAMP)
+	$(PY) -m emulators down
+
+clean:
+	rm -rf $(VENV) .local .mypy_cache .ruff_cache

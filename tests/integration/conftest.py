@@ -1,0 +1,81 @@
+"""Real backing services for the integration tier: PostgreSQL and the official Pub/Sub emulator,
+started once per session on free ports, and the platform pointed at them per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+
+from emulators import services
+from emulators.postgres import PostgresHandle, start_postgres
+
+PROJECT = "it-project"
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("localcloud")
+
+
+@pytest.fixture(scope="session")
+def postgres(run_dir: Path) -> Iterator[PostgresHandle]:
+    handle = start_postgres(run_dir)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.fixture(scope="session")
+def pubsub_host(run_dir: Path) -> Iterator[str]:
+    handle = services.start_pubsub_emulator(run_dir, PROJECT)
+    try:
+        yield handle.host
+    finally:
+        handle.stop()
+
+
+def fresh_database(postgres: PostgresHandle) -> str:
+    """A new empty database on the session server; its SQLAlchemy URL."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(postgres.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return str(sqlalchemy.make_url(postgres.url).set(database=name).render_as_string(
+        hide_password=False))
+
+
+@pytest.fixture
+def platform_env(postgres: PostgresHandle, pubsub_host: str, monkeypatch: pytest.MonkeyPatch
+                 ) -> Iterator[dict[str, str]]:
+    """The process environment a function would see, on a fresh migrated database."""
+    from shared import clients, migrate
+
+    env = {
+        "APP_ENV": "test",
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "DATABASE_URL": fresh_database(postgres),
+        "PUBSUB_EMULATOR_HOST": pubsub_host,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    clients.reset()
+    migrate.upgrade()
+    try:
+        yield env
+    finally:
+        from shared import db
+
+        if db.engine.cache_info().currsize:
+            db.engine().dispose()
+        clients.reset()
+
+
+def unique(prefix: str) -> str:
+    """The Pub/Sub emulator cannot be reset: every test uses its own names."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,103 @@
+"""Transactional outbox: events commit with the change, publish after commit, and a row whose
+publish failed is published later by the real `outbox_relay` function, fired by its schedule."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+from google.api_core import exceptions as gexc
+from google.cloud import pubsub_v1
+
+from emulators.bridge import Bridge
+from emulators.functions import start_functions
+from emulators.scheduler import fire
+from infra.topology import TOPOLOGY, Topology
+from shared import outbox
+from shared.events import Envelope
+from tests.integration.conftest import PROJECT, unique
+
+
+def _subscribe(topic: str) -> tuple[pubsub_v1.SubscriberClient, str]:
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    publisher.create_topic(name=publisher.topic_path(PROJECT, topic))
+    path = subscriber.subscription_path(PROJECT, unique("inspect"))
+    subscriber.create_subscription(name=path, topic=publisher.topic_path(PROJECT, topic))
+    return subscriber, path
+
+
+def _pull_one(subscriber: pubsub_v1.SubscriberClient, path: str) -> pubsub_v1.types.PubsubMessage:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        response = subscriber.pull(subscription=path, max_messages=1, timeout=5)
+        if response.received_messages:
+            received = response.received_messages[0]
+            subscriber.acknowledge(subscription=path, ack_ids=[received.ack_id])
+            return received.message
+    pytest.fail("no message arrived")
+
+
+def _outbox_rows(url: str) -> list[tuple[object, ...]]:
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as conn:
+        rows = [tuple(r) for r in conn.execute(sqlalchemy.text(
+            "SELECT event_id, published_at IS NOT NULL, attempts, last_error FROM outbox"))]
+    engine.dispose()
+    return rows
+
+
+def test_event_is_published_after_commit(platform_env: dict[str, str]) -> None:
+    topic = unique("orders")
+    subscriber, path = _subscribe(topic)
+    envelope = Envelope("order.placed", {"order": 1})
+    with outbox.transaction() as tx:
+        tx.emit(topic, envelope)
+    message = _pull_one(subscriber, path)
+    assert Envelope.from_json(message.data) == envelope
+    assert message.attributes["type"] == "order.placed"
+    assert _outbox_rows(platform_env["DATABASE_URL"]) == [(envelope.id, True, 1, None)]
+
+
+def test_rolled_back_change_emits_nothing(platform_env: dict[str, str]) -> None:
+    with pytest.raises(RuntimeError), outbox.transaction() as tx:
+        tx.emit(unique("never"), Envelope("x.happened", {}))
+        raise RuntimeError("the change failed")
+    assert _outbox_rows(platform_env["DATABASE_URL"]) == []
+
+
+def test_failed_publish_is_published_by_outbox_relay(platform_env: dict[str, str],
+                                                     run_dir: Path) -> None:
+    topic = unique("late")
+    envelope = Envelope("thing.done", {"n": 1})
+    # The topic does not exist yet, so the publish after commit fails: the row stays pending.
+    with outbox.transaction() as tx:
+        tx.emit(topic, envelope)
+    ((event_id, published, attempts, error),) = _outbox_rows(platform_env["DATABASE_URL"])
+    assert (event_id, published, attempts, error) == (envelope.id, False, 1, gexc.NotFound.__name__)
+
+    subscriber, path = _subscribe(topic)
+    engine = sqlalchemy.create_engine(platform_env["DATABASE_URL"])
+    with engine.begin() as conn:  # let the backoff and the relay's grace period pass
+        conn.execute(sqlalchemy.text("UPDATE outbox SET created_at = now() - interval '1 hour', "
+                                     "next_attempt_at = now()"))
+    engine.dispose()
+
+    relay = TOPOLOGY.function("outbox_relay")
+    tick = next(s for s in TOPOLOGY.schedules if s.topic == "outbox.tick")
+    topology = Topology((relay,), TOPOLOGY.topics, TOPOLOGY.subscriptions_for("outbox_relay"),
+                        (tick,), ())
+    (running,) = start_functions(topology.functions, platform_env | {"PATH": "/usr/bin:/bin"},
+                                 run_dir / "logs")
+    bridge = Bridge(topology, PROJECT, {"outbox_relay": running.url})
+    bridge.start()
+    try:
+        fire(tick, PROJECT, pubsub_v1.PublisherClient())
+        message = _pull_one(subscriber, path)
+    finally:
+        bridge.stop()
+        running.process.stop()
+    assert Envelope.from_json(message.data).id == envelope.id
+    ((_, published, attempts, _),) = _outbox_rows(platform_env["DATABASE_URL"])
+    assert published is True and attempts == 2
