@@ -92,6 +92,11 @@ def _make_handler(routes: dict[str, SplitResult]) -> type[BaseHTTPRequestHandler
             self.end_headers()
             self.wfile.write(body)
 
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _proxy  # noqa: N815
+        def __getattr__(self, name: str) -> object:
+            # http.server looks up do_<METHOD>: forward every method, as the real front door
+            # does, so the function itself answers unknown methods (405 problem+json).
+            if name.startswith("do_"):
+                return self._proxy
+            raise AttributeError(name)
 
     return Handler

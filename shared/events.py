@@ -41,7 +41,7 @@ class Envelope:
     def from_json(cls, raw: bytes) -> Envelope:
         try:
             body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise EnvelopeError("message data is not JSON") from exc
         if not isinstance(body, dict):
             raise EnvelopeError("envelope must be a JSON object")

@@ -19,7 +19,7 @@ from typing import Any
 import flask
 
 from shared import context, errors
-from shared.validation import Schema
+from shared.validation import Schema, parse_json
 
 log = logging.getLogger("shared.http")
 
@@ -93,8 +93,12 @@ class Router:
         return {"status": "ok", "service": self.service}
 
     def __call__(self, request: flask.Request) -> flask.Response:
-        trace = context.from_headers(self.trace_source(request))
         started = time.perf_counter()
+        try:
+            trace = context.from_headers(self.trace_source(request))
+        except Exception:  # tracing must never fail a request
+            log.exception("trace source failed; starting a new trace")
+            trace = context.from_headers({})
         with context.bound(trace):
             try:
                 response = self._dispatch(request, trace)
@@ -110,6 +114,8 @@ class Router:
             return response
 
     def _dispatch(self, request: flask.Request, trace: context.TraceContext) -> flask.Response:
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            raise errors.PayloadTooLarge(f"body exceeds {self.max_body_bytes} bytes")
         path = request.path.rstrip("/") or "/"
         allowed: list[str] = []
         for route in self.routes:
@@ -145,19 +151,13 @@ def _require_role(principal: Any, role: str) -> None:
 
 
 def _read_body(request: flask.Request, schema: Schema, limit: int) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > limit:
-        raise errors.PayloadTooLarge(f"body exceeds {limit} bytes")
     mimetype = request.mimetype or ""
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise errors.UnsupportedMediaType("send the body as application/json")
     raw = request.get_data(cache=True)
-    if len(raw) > limit:
+    if len(raw) > limit:  # chunked bodies carry no Content-Length
         raise errors.PayloadTooLarge(f"body exceeds {limit} bytes")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise errors.BadRequest("body is not valid JSON", code="invalid_json") from None
-    return schema.validate(data)
+    return schema.validate(parse_json(raw))
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None,

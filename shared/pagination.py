@@ -39,7 +39,7 @@ def decode_cursor(cursor: str, secret: str) -> dict[str, Any]:
     try:
         raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
         position = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise invalid from exc
     if not isinstance(position, dict):
         raise invalid

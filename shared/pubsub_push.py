@@ -29,6 +29,7 @@ from shared import errors
 from shared.config import get_settings
 from shared.events import Envelope, EnvelopeError
 from shared.http import Call, Router
+from shared.validation import parse_json
 
 log = logging.getLogger("shared.pubsub_push")
 
@@ -58,16 +59,13 @@ class PushMessage:
             return {}
         try:
             return json.loads(self.data)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise errors.ValidationFailed("message data is not JSON", code="invalid_data") from None
 
 
-def parse_push(request: flask.Request) -> PushMessage:
-    """Read a push delivery in any of the accepted shapes; BadRequest when it is none of them."""
-    try:
-        body = json.loads(request.get_data(cache=True) or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise errors.BadRequest("push body is not JSON", code="invalid_push") from None
+def _delivery_body(request: flask.Request) -> dict[str, Any]:
+    """The `{message, subscription, deliveryAttempt}` object of any accepted delivery shape."""
+    body = parse_json(request.get_data(cache=True) or b"null", "push body", "invalid_push")
     ce_type = request.headers.get("ce-type")
     if request.mimetype == "application/cloudevents+json" and isinstance(body, dict):
         ce_type, body = body.get("type"), body.get("data")
@@ -75,6 +73,12 @@ def parse_push(request: flask.Request) -> PushMessage:
         raise errors.BadRequest(f"unsupported CloudEvent type {ce_type}", code="invalid_push")
     if not isinstance(body, dict) or not isinstance(body.get("message"), dict):
         raise errors.BadRequest("push body has no message", code="invalid_push")
+    return body
+
+
+def parse_push(request: flask.Request) -> PushMessage:
+    """Read a push delivery in any of the accepted shapes; BadRequest when it is none of them."""
+    body = _delivery_body(request)
     message = body["message"]
     message_id = message.get("messageId") or message.get("message_id") or request.headers.get(
         "ce-id")
@@ -137,13 +141,12 @@ def message_trace_headers(request: flask.Request) -> Mapping[str, str]:
     the consumer's logs and response join the producer's trace; else the request's headers."""
     if request.method == "POST":
         try:
-            body = json.loads(request.get_data(cache=True) or b"null")
-            parent = body["message"]["attributes"]["traceparent"]
-        except (ValueError, UnicodeDecodeError, KeyError, TypeError):
-            parent = None
+            parent = _delivery_body(request)["message"].get("attributes", {}).get("traceparent")
+        except (errors.AppError, AttributeError):
+            parent = None  # parse_push answers the malformed delivery with a 400
         if isinstance(parent, str):
             return {"traceparent": parent, "X-Request-Id": request.headers.get("X-Request-Id", "")}
-    return dict(request.headers)
+    return dict(request.headers.items())
 
 
 def push_function(service: str, handle: Callable[[PushMessage], None]) -> Router:

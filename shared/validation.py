@@ -3,12 +3,13 @@ document and the code check the same rules (a test compares them)."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.errors import ValidationFailed
+from shared.errors import BadRequest, ValidationFailed
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
@@ -18,6 +19,15 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "object": (dict,),
     "array": (list,),
 }
+
+
+def parse_json(raw: bytes, what: str = "body", code: str = "invalid_json") -> Any:
+    """Decode JSON or raise BadRequest. Deeply nested input raises RecursionError in the
+    decoder; it is bad input like any other, never a server error."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BadRequest(f"{what} is not valid JSON", code=code) from None
 
 
 @dataclass(frozen=True)

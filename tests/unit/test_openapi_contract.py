@@ -266,8 +266,8 @@ def test_request_bodies_are_the_schemas_the_router_enforces(
         assert "application/json" in content, f"{key}: the body is application/json"
         documented = strip_annotations(content["application/json"]["schema"])
         assert documented == route.body.json_schema(), key
-        # The router answers 415 and 422 for bodies it cannot accept.
-        assert {"415", "422"} <= set(_responses(spec_operations[key][1])), key
+        # The router answers 413, 415 and 422 for bodies it cannot accept.
+        assert {"413", "415", "422"} <= set(_responses(spec_operations[key][1])), key
 
 
 def test_routes_with_a_role_require_credentials(

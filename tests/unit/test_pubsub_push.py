@@ -98,3 +98,27 @@ def test_push_identity_is_required_when_configured(client, monkeypatch) -> None:
     assert resp.status_code == 401
     resp = client.post("/", json=_body(), headers={"Authorization": "Basic eDp5"})
     assert resp.status_code == 401
+
+
+@pytest.mark.parametrize("payload", ["[" * 100_000, '{"message":' * 5000])
+def test_deeply_nested_json_is_400_not_a_crash(client, payload: str) -> None:
+    resp = client.post("/", data=payload, content_type="application/json")
+    assert resp.status_code == 400 and resp.json["code"] == "invalid_push"
+    assert len(resp.headers["X-Trace-Id"]) == 32
+
+
+def test_oversized_delivery_is_413(client) -> None:
+    from shared.pubsub_push import MAX_PUSH_BYTES
+
+    resp = client.post("/", data=b" " * (MAX_PUSH_BYTES + 1), content_type="application/json")
+    assert resp.status_code == 413 and resp.json["code"] == "payload_too_large"
+
+
+def test_structured_cloudevent_continues_the_message_trace(client) -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    body = _body()
+    body["message"]["attributes"]["traceparent"] = f"00-{trace}-00f067aa0ba902b7-01"
+    event = {"specversion": "1.0", "id": "m-1", "source": "//pubsub", "data": body,
+             "type": "google.cloud.pubsub.topic.v1.messagePublished"}
+    resp = client.post("/", data=json.dumps(event), content_type="application/cloudevents+json")
+    assert resp.status_code == 204 and resp.headers["X-Trace-Id"] == trace

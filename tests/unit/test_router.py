@@ -184,3 +184,8 @@ def test_roles_are_enforced(client, signing_key) -> None:
         token = _token(signing_key, roles=roles)
         resp = client.get("/operator", headers={"Authorization": f"Bearer {token}"})
         assert resp.status_code == 200 and resp.json == {"subject": "u1"}
+
+
+def test_deeply_nested_body_is_400(client) -> None:
+    resp = client.post("/items", data="[" * 100_000, content_type="application/json")
+    assert resp.status_code == 400 and resp.json["code"] == "invalid_json"
