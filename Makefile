@@ -38,6 +38,7 @@ e2e: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.cold_start --runs 10 --markdown
+	$(PY) -m bench.stack_start --runs 5
 
 check: $(STAMP)
 	$(PY) -m emulators check

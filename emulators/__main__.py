@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from emulators.proc import PrerequisiteMissing, StartupError, kill_group
+from emulators.proc import PrerequisiteMissing, StartupError, kill_group, pid_alive
 
 LOCAL_CURRENT = Path(__file__).resolve().parent.parent / ".local" / "current"
 
@@ -85,7 +85,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     except ProcessLookupError:
         pass
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.1)
     # Backstop: a supervisor killed hard leaves its children; end each group we recorded.
     for child in endpoints.get("pids", {}).values():
@@ -93,14 +93,6 @@ def cmd_down(args: argparse.Namespace) -> int:
     (base / "endpoints.json").unlink(missing_ok=True)
     sys.stdout.write("stopped.\n")
     return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def cmd_fire(args: argparse.Namespace) -> int:

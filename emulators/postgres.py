@@ -12,6 +12,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,13 +53,18 @@ class PostgresHandle:
     startup_seconds: float
     process: ManagedProcess | None = None  # the postmaster itself; None for an external server
     temp_dir: Path | None = None  # cluster + socket dir, removed by stop()
+    drop_database: Callable[[], None] | None = None  # an external server: this run's database
 
     @property
     def env(self) -> dict[str, str]:
         return {"DATABASE_URL": self.url}
 
     def stop(self) -> None:
-        """Fast-shutdown our server and delete its cluster; an external server is left alone."""
+        """Fast-shutdown our server and delete its cluster; on an external server, drop only
+        this run's database."""
+        if self.drop_database is not None:
+            self.drop_database()
+            self.drop_database = None
         if self.process is not None:
             self.process.stop()
         if self.temp_dir is not None:
@@ -142,14 +148,36 @@ def _handle(
 
 
 def _use_external(text: str, began: float) -> PostgresHandle:
+    """Use the server in DATABASE_URL, in a database of this run's own (created here, dropped
+    by stop()), so migrations start from zero and two stacks on one server never collide."""
     url = normalize_url(text)
     try:
-        _connect(url, timeout=5.0).close()
+        admin = _connect(url, timeout=5.0)
     except (Pg8000Error, OSError) as exc:
         raise StartupError(
             f"DATABASE_URL server {url.render_as_string()} is not reachable: {exc}"
         ) from exc
-    return _handle(url, "external", began)
+    name = f"localcloud_{secrets.token_hex(6)}"
+    try:
+        admin.run(f'CREATE DATABASE "{name}"')
+    except Pg8000Error as exc:
+        raise StartupError(
+            f"cannot create a database for this run on {url.render_as_string()} "
+            f"(the DATABASE_URL role needs CREATEDB): {exc}"
+        ) from exc
+    finally:
+        admin.close()
+    handle = _handle(url.set(database=name), "external", began)
+    handle.drop_database = lambda: _drop_database(url, name)
+    return handle
+
+
+def _drop_database(url: URL, name: str) -> None:
+    conn = _connect(url, timeout=5.0)
+    try:
+        conn.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        conn.close()
 
 
 def _run_as() -> tuple[list[str], pwd.struct_passwd | None]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 import requests
 
+from emulators.proc import pid_alive
 from infra.topology import TOPOLOGY
 from tests.e2e.conftest import REPO, stop_stack
 
@@ -81,18 +81,6 @@ def test_fired_schedule_is_delivered_to_its_function(stack: dict[str, Any]) -> N
     assert delivery["subscription"].endswith("/outbox-relay.outbox-tick")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is gone for our purposes.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_a_second_stack_runs_alongside_and_stop_leaves_no_process(
         stack: dict[str, Any], tmp_path: Path) -> None:
     proc = subprocess.Popen(
@@ -109,12 +97,12 @@ def test_a_second_stack_runs_alongside_and_stop_leaves_no_process(
         for url in second["functions"].values():
             assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
         pids = list(second["pids"].values())
-        assert pids and all(_alive(pid) for pid in pids)
+        assert pids and all(pid_alive(pid) for pid in pids)
 
         subprocess.run([sys.executable, "-m", "emulators", "down", "--run-dir", str(tmp_path)],
                        cwd=REPO, check=True, timeout=90, capture_output=True)
         proc.wait(timeout=30)
-        assert [pid for pid in pids if _alive(pid)] == []
+        assert [pid for pid in pids if pid_alive(pid)] == []
         assert not (tmp_path / "endpoints.json").exists()
         # The first stack is untouched.
         assert requests.get(f"{stack['gateway_url']}/maintenance/healthz",

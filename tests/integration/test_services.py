@@ -168,10 +168,21 @@ def test_postgres_uses_database_url(
     monkeypatch.setenv("DATABASE_URL", postgres.dsn)  # plain postgresql://, as other tools write it
     external = start_postgres(tmp_path)
     assert external.source == "external" and external.process is None
-    assert external.url == postgres.url
+    # Same server, but a database of the run's own, so two stacks never collide.
+    assert (external.host, external.port) == (postgres.host, postgres.port)
+    assert external.database.startswith("localcloud_") and external.database != postgres.database
+    second = start_postgres(tmp_path)
+    assert second.database != external.database
     _exercise_sql(external.url, "via_env")
     external.stop()
+    second.stop()
     assert postgres.process is not None and postgres.process.alive()
+    admin = sqlalchemy.create_engine(postgres.url)
+    with admin.connect() as conn:
+        left = conn.execute(sqlalchemy.text(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'localcloud_%'")).scalars().all()
+    admin.dispose()
+    assert left == []
 
 
 @pytest.mark.parametrize(
