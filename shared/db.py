@@ -38,19 +38,27 @@ def engine() -> Engine:
 
 
 def _connector_creator() -> Any:
-    from google.cloud.sql.connector import Connector, IPTypes
-
     settings = get_settings()
-    # LAZY refresh: serverless CPU is throttled between requests, so background refresh fails.
-    connector = Connector(refresh_strategy="LAZY", ip_type=IPTypes.PRIVATE)
+
+    @cache
+    def connector() -> Any:
+        # Built on the first connection, not with the engine: it reads credentials.
+        from google.cloud.sql.connector import Connector
+
+        # LAZY refresh: serverless CPU is throttled between requests, so background refresh
+        # of the instance certificate would fail.
+        return Connector(refresh_strategy="LAZY")
 
     def connect() -> Any:
-        return connector.connect(
+        from google.cloud.sql.connector import IPTypes
+
+        return connector().connect(
             str(settings.instance_connection_name),
             "pg8000",
             user=settings.db_user,
             db=settings.db_name,
             enable_iam_auth=True,
+            ip_type=IPTypes.PRIVATE,
         )
 
     return connect

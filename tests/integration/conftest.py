@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import sqlalchemy
 
 from emulators import services
+from emulators.bridge import Bridge
+from emulators.functions import start_functions
 from emulators.postgres import PostgresHandle, start_postgres
+from infra.topology import TOPOLOGY, Topology
 
 PROJECT = "it-project"
 
@@ -79,3 +83,25 @@ def platform_env(postgres: PostgresHandle, pubsub_host: str, monkeypatch: pytest
 def unique(prefix: str) -> str:
     """The Pub/Sub emulator cannot be reset: every test uses its own names."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@contextmanager
+def deployed(function: str, env: dict[str, str], run_dir: Path) -> Iterator[Bridge]:
+    """Run one manifest function as its own process, with the bridge delivering its manifest
+    subscriptions to it, as the local cloud does; yields the bridge (its `deliveries`)."""
+    topology = Topology(
+        functions=(TOPOLOGY.function(function),),
+        topics=TOPOLOGY.topics,
+        subscriptions=TOPOLOGY.subscriptions_for(function),
+        schedules=(),
+        buckets=(),
+    )
+    (running,) = start_functions(topology.functions, env | {"PATH": "/usr/bin:/bin"},
+                                 run_dir / "logs")
+    bridge = Bridge(topology, PROJECT, {function: running.url})
+    bridge.start()
+    try:
+        yield bridge
+    finally:
+        bridge.stop()
+        running.process.stop()

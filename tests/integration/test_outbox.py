@@ -11,13 +11,11 @@ import sqlalchemy
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
-from emulators.bridge import Bridge
-from emulators.functions import start_functions
 from emulators.scheduler import fire
-from infra.topology import TOPOLOGY, Topology
+from infra.topology import TOPOLOGY
 from shared import outbox
 from shared.events import Envelope
-from tests.integration.conftest import PROJECT, unique
+from tests.integration.conftest import PROJECT, deployed, unique
 
 
 def _subscribe(topic: str) -> tuple[pubsub_v1.SubscriberClient, str]:
@@ -84,20 +82,10 @@ def test_failed_publish_is_published_by_outbox_relay(platform_env: dict[str, str
                                      "next_attempt_at = now()"))
     engine.dispose()
 
-    relay = TOPOLOGY.function("outbox_relay")
     tick = next(s for s in TOPOLOGY.schedules if s.topic == "outbox.tick")
-    topology = Topology((relay,), TOPOLOGY.topics, TOPOLOGY.subscriptions_for("outbox_relay"),
-                        (tick,), ())
-    (running,) = start_functions(topology.functions, platform_env | {"PATH": "/usr/bin:/bin"},
-                                 run_dir / "logs")
-    bridge = Bridge(topology, PROJECT, {"outbox_relay": running.url})
-    bridge.start()
-    try:
+    with deployed("outbox_relay", platform_env, run_dir):
         fire(tick, PROJECT, pubsub_v1.PublisherClient())
         message = _pull_one(subscriber, path)
-    finally:
-        bridge.stop()
-        running.process.stop()
     assert Envelope.from_json(message.data).id == envelope.id
     ((_, published, attempts, _),) = _outbox_rows(platform_env["DATABASE_URL"])
     assert published is True and attempts == 2

@@ -150,3 +150,26 @@ def test_same_message_pushed_twice_has_one_effect(probe: Probe) -> None:
         assert resp.status_code == 204
     assert probe.rows("SELECT count(*) FROM probe_effects WHERE message_id = 'dup-1'") == [(1,)]
     assert probe.rows("SELECT count(*) FROM probe_deliveries WHERE message_id = 'dup-1'") == [(2,)]
+
+
+def test_trace_travels_from_publisher_to_consumer_logs(probe: Probe, run_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared import clients, context, events
+
+    ctx = context.from_headers({})
+    with context.bound(ctx):
+        message_id = events.publish(probe.subscription.topic, events.Envelope("probe.ping", {}))
+    clients.publisher().stop()
+    probe.wait_for(lambda: probe.rows("SELECT 1 FROM probe_effects WHERE message_id = :m",
+                                      m=message_id))
+    ((stored,),) = probe.rows("SELECT trace_id FROM probe_deliveries WHERE message_id = :m",
+                              m=message_id)
+    assert stored == ctx.traceparent
+    lines = [json.loads(line) for line in
+             (run_dir / "logs" / "fn-probe.log").read_text().splitlines() if line.startswith("{")]
+    (delivery,) = [line for line in lines if line.get("messageId") == message_id]
+    # Every line of that request (the delivery line and the access log) is on the trace.
+    request_lines = [line for line in lines if line.get("requestId") == delivery["requestId"]]
+    assert len(request_lines) >= 2
+    for line in request_lines:
+        assert line["logging.googleapis.com/trace"].endswith(f"/traces/{ctx.trace_id}")

@@ -130,3 +130,23 @@ def test_next_fire_respects_the_schedule_time_zone() -> None:
     # 2026-03-08: New York springs forward, there is no 02:30; croniter moves to the next valid.
     fire = next_fire(ny, datetime(2026, 3, 8, 5, 0, tzinfo=UTC))
     assert fire > datetime(2026, 3, 8, 5, 0, tzinfo=UTC)
+
+
+def test_engine_uses_the_cloud_sql_connector_when_configured(monkeypatch) -> None:
+    from shared import clients, db
+
+    monkeypatch.setenv("INSTANCE_CONNECTION_NAME", "proj:us-central1:main")
+    monkeypatch.setenv("DB_IAM_USER", "fn-sa@proj.iam")
+    clients.reset()
+    engine = db.engine()  # builds no connector and opens no connection yet
+    assert engine.url.drivername == "postgresql+pg8000"
+    assert engine.url.host is None  # connections come from the connector's creator
+    assert db.engine() is engine
+
+
+def test_engine_without_a_database_is_a_clear_config_error() -> None:
+    from shared import clients, db
+
+    clients.reset()
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        db.engine()
