@@ -17,6 +17,7 @@ import base64
 import json
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -69,7 +70,8 @@ class Bridge:
     function_urls: dict[str, str]
     backoff_scale: float = DEFAULT_BACKOFF_SCALE
     on_delivery: Callable[[Delivery], None] | None = None
-    deliveries: list[Delivery] = field(default_factory=list)
+    # The most recent outcomes only: a dev stack runs for days.
+    deliveries: deque[Delivery] = field(default_factory=lambda: deque(maxlen=10_000))
     _futures: list[Any] = field(default_factory=list)
     _executor: ThreadPoolExecutor | None = None
     _stopping: threading.Event = field(default_factory=threading.Event)

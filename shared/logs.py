@@ -22,6 +22,7 @@ _SECRET_KEY = re.compile(
     r"(authorization|cookie|passw(or)?d|token|secret|api[-_]?key|credential|signature|session)",
     re.IGNORECASE,
 )
+_COUNT_KEY = re.compile(r"(count|tokens)$", re.IGNORECASE)
 _SECRET_TEXT = (
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + MASK),
     (re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), MASK),
@@ -53,7 +54,10 @@ def mask_text(text: str) -> str:
 def mask(value: Any, key: str | None = None) -> Any:
     """Mask secrets in a JSON-like value: by field name, and by shape in strings."""
     if key is not None and _SECRET_KEY.search(key) and value not in (None, "", [], {}):
-        return MASK
+        # Flags and token counts (genai usage) stay readable; a numeric password does not.
+        counted = isinstance(value, int | float) and _COUNT_KEY.search(key)
+        if not (isinstance(value, bool) or counted):
+            return MASK
     if isinstance(value, Mapping):
         return {str(k): mask(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):

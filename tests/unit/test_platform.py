@@ -60,6 +60,12 @@ def test_secret_shaped_text_is_masked(text: str, secret: str) -> None:
     assert secret not in mask_text(text)
 
 
+def test_counts_under_secret_like_names_stay_readable_but_numeric_secrets_do_not() -> None:
+    assert mask({"totalTokenCount": 42, "max_output_tokens": 256, "token_refreshed": True}) == {
+        "totalTokenCount": 42, "max_output_tokens": 256, "token_refreshed": True}
+    assert mask({"password": 123456, "pin_token": 9}) == {"password": MASK, "pin_token": MASK}
+
+
 def test_secret_fields_are_masked_recursively() -> None:
     masked = mask({"user": "ann", "Password": "p", "nested": {"client_secret": "s",
                    "list": [{"accessToken": "t"}]}, "count": 3})
