@@ -92,23 +92,25 @@ def kill_group(pid: int, timeout: float = 10.0) -> None:
         pass
 
 
+def _stat_fields(pid_dir: Path) -> list[str] | None:
+    """/proc/<pid>/stat after the command name: [state, ppid, pgrp, ...]; None if gone."""
+    try:
+        return (pid_dir / "stat").read_text().rsplit(")", 1)[-1].split()
+    except OSError:
+        return None
+
+
 def _group_alive(pgid: int) -> bool:
+    """True while any non-zombie process is in group `pgid` (killpg also sees zombies)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    # A zombie leader still counts for killpg; reap-aware check through /proc.
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 3 and int(fields[2]) == pgid and fields[0] != "Z":
+        fields = _stat_fields(entry) if entry.name.isdigit() else None
+        if fields and len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
             return True
     return False
 
@@ -172,11 +174,8 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc: trust the signal check
-    return state != "Z"
+    fields = _stat_fields(Path(f"/proc/{pid}"))
+    return fields is None or fields[0] != "Z"
 
 
 def port_open(port: int, host: str = LOOPBACK) -> bool:
