@@ -3,9 +3,10 @@ with the manifest's env plus the local cloud's endpoints."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,14 +23,30 @@ class RunningFunction:
     process: ManagedProcess
 
 
-def secret_env(functions: tuple[Function, ...]) -> dict[str, str]:
+def _signing_keys() -> str:
+    from shared.tokens import generate_signing_key
+
+    return json.dumps([generate_signing_key("local-1")])
+
+
+# Secrets whose value has a shape; any other secret gets a random token.
+_SECRET_FACTORIES: dict[str, Callable[[], str]] = {"JWT_SIGNING_KEYS": _signing_keys}
+
+
+def local_secrets(functions: tuple[Function, ...]) -> dict[str, str]:
     """Local values for the manifest's Secret Manager secrets (production: Secret Manager)."""
-    return {name: secrets.token_urlsafe(32) for f in functions for name in f.secrets}
+    names = {name for f in functions for name in f.secrets}
+    return {name: _SECRET_FACTORIES.get(name, lambda: secrets.token_urlsafe(32))()
+            for name in sorted(names)}
 
 
-def function_env(function: Function, base: Mapping[str, str], port: int) -> dict[str, str]:
-    """The environment a deployed function would see, pointed at the local cloud."""
-    env = dict(base) | dict(function.env) | {
+def function_env(function: Function, base: Mapping[str, str], port: int,
+                 secret_values: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a deployed function would see, pointed at the local cloud. Each function
+    gets only the secrets the manifest gives it."""
+    own_secrets = {name: (secret_values or {})[name] for name in function.secrets
+                   if name in (secret_values or {})}
+    env = dict(base) | function.runtime_env() | own_secrets | {
         "K_SERVICE": function.name,
         "FUNCTION_TARGET": function.entry_point,
         "PORT": str(port),
@@ -43,9 +60,10 @@ def function_env(function: Function, base: Mapping[str, str], port: int) -> dict
 
 
 def start_function(function: Function, base_env: Mapping[str, str], log_dir: Path,
-                   source_root: Path = REPO_ROOT) -> RunningFunction:
+                   source_root: Path = REPO_ROOT, port: int | None = None,
+                   secret_values: Mapping[str, str] | None = None) -> RunningFunction:
     """Spawn the function; call `wait_ready` (or `start_functions`) before using it."""
-    port = free_port()
+    port = port or free_port()
     argv = [
         sys.executable, "-m", "functions_framework",
         "--target", function.entry_point,
@@ -53,7 +71,7 @@ def start_function(function: Function, base_env: Mapping[str, str], log_dir: Pat
         "--host", LOOPBACK, "--port", str(port),
     ]
     process = spawn(f"fn-{function.name}", argv, log_dir,
-                    env=function_env(function, base_env, port), cwd=source_root)
+                    env=function_env(function, base_env, port, secret_values), cwd=source_root)
     return RunningFunction(function, f"http://{LOOPBACK}:{port}", process)
 
 
@@ -63,9 +81,11 @@ def wait_ready(running: RunningFunction, timeout: float = 30.0) -> None:
 
 
 def start_functions(functions: tuple[Function, ...], base_env: Mapping[str, str], log_dir: Path,
-                    source_root: Path = REPO_ROOT) -> list[RunningFunction]:
+                    source_root: Path = REPO_ROOT, ports: Mapping[str, int] | None = None,
+                    secret_values: Mapping[str, str] | None = None) -> list[RunningFunction]:
     """Start all functions at once (they boot in parallel), then wait for each to be healthy."""
-    running = [start_function(f, base_env, log_dir, source_root) for f in functions]
+    running = [start_function(f, base_env, log_dir, source_root, (ports or {}).get(f.name),
+                              secret_values) for f in functions]
     try:
         for item in running:
             wait_ready(item)

@@ -23,7 +23,7 @@ from typing import Any
 
 from emulators import services
 from emulators.bridge import DEFAULT_BACKOFF_SCALE, Bridge, ensure_topics
-from emulators.functions import REPO_ROOT, RunningFunction, secret_env, start_functions
+from emulators.functions import REPO_ROOT, RunningFunction, local_secrets, start_functions
 from emulators.gateway import Gateway
 from emulators.postgres import start_postgres
 from emulators.proc import (
@@ -113,9 +113,14 @@ class Stack:
             bucket.notification_topic if bucket else None,
         )
         self._stops.append(gcs.stop)
+        # Ports are chosen first so every function can be told where the auth JWKS lives.
+        ports = {f.name: free_port() for f in self.topology.functions}
         env = self._base_env(pg.url, pubsub.host, firestore.host, gcs.url, vertex_url)
+        if "auth" in ports:
+            env["JWT_JWKS_URL"] = f"http://{LOOPBACK}:{ports['auth']}/.well-known/jwks.json"
         self._migrate(env)
-        functions = start_functions(self.topology.functions, env, self.log_dir, self.source_root)
+        functions = start_functions(self.topology.functions, env, self.log_dir, self.source_root,
+                                    ports, local_secrets(self.topology.functions))
         self._stops.extend(f.process.stop for f in functions)
         self._processes.extend(f.process for f in functions)
         urls = {f.function.name: f.url for f in functions}
@@ -150,7 +155,7 @@ class Stack:
                   ) -> dict[str, str]:
         keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "TMPDIR")
         env = {k: os.environ[k] for k in keep if k in os.environ}
-        return env | secret_env(self.topology.functions) | {
+        return env | {
             "APP_ENV": "local",
             "GOOGLE_CLOUD_PROJECT": self.project,
             "DATABASE_URL": db_url,

@@ -71,6 +71,23 @@ class Bucket:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """A token bucket per caller: `rate_per_s` sustained, `burst` at once (seed 004's gateway)."""
+
+    rate_per_s: float
+    burst: int
+
+
+# Route classes and their limits (seed 004): shared across instances through PostgreSQL.
+RATE_LIMITS: dict[str, RateLimit] = {
+    "auth": RateLimit(10, 20),
+    "users": RateLimit(20, 40),
+    "chat": RateLimit(30, 60),
+    "batch": RateLimit(5, 10),
+}
+
+
+@dataclass(frozen=True)
 class Function:
     """One individually deployed Cloud Run function (gen2)."""
 
@@ -89,11 +106,23 @@ class Function:
     roles: tuple[str, ...] = ()  # project roles for the function's own service account
     publishes: tuple[str, ...] = ()  # topics this function produces to
     needs_database: bool = False
+    rate_limit: str | None = None  # a key of RATE_LIMITS, for client-facing HTTP functions
 
     @property
     def source(self) -> str:
         """Source folder, relative to the repo root."""
         return f"functions/{self.name}"
+
+    def runtime_env(self) -> dict[str, str]:
+        """The plain (non-secret) environment this function is deployed with; both the local
+        cloud and Pulumi use this, so they cannot drift."""
+        env = dict(self.env)
+        if self.rate_limit is not None:
+            limit = RATE_LIMITS[self.rate_limit]
+            env |= {"RATE_LIMIT_CLASS": self.rate_limit,
+                    "RATE_LIMIT_RATE": f"{limit.rate_per_s:g}",
+                    "RATE_LIMIT_BURST": str(limit.burst)}
+        return env
 
 
 @dataclass(frozen=True)
@@ -121,9 +150,51 @@ _SQL_USER = "roles/cloudsql.instanceUser"
 _DB_ROLES = (_SQL_CLIENT, _SQL_USER)
 
 DEAD_LETTER = "dead-letter"
+USERS_TOPIC = "users.events"  # user.status_changed, user.deleted
+LOGIN_TOPIC = "auth.logins"  # user.logged_in (login-streak rewards)
+SIGNUP_TOPIC = "auth.signups"  # user.signed_up (referral rewards)
+# Identity settings shared by every function that verifies tokens.
+_TOKENS = {"JWT_ISSUER": "https://auth.chat-rewards-apm", "JWT_AUDIENCE": "chat-rewards-apm"}
 
 TOPOLOGY = Topology(
     functions=(
+        Function(
+            name="auth",
+            trigger=Trigger.HTTP,
+            entry_point="auth",
+            description="Sign-up, login, token refresh, logout, JWKS.",
+            env=_TOKENS,
+            secrets=("JWT_SIGNING_KEYS",),
+            memory_mb=512,  # argon2id at 19 MiB per concurrent hash
+            concurrency=20,
+            max_instances=20,
+            public=True,
+            roles=(*_DB_ROLES, _PUBLISHER),
+            publishes=(LOGIN_TOPIC, SIGNUP_TOPIC),
+            needs_database=True,
+            rate_limit="auth",
+        ),
+        Function(
+            name="users",
+            trigger=Trigger.HTTP,
+            entry_point="users",
+            description="Profiles (me) and user administration.",
+            env=_TOKENS,
+            public=True,
+            roles=(*_DB_ROLES, _PUBLISHER),
+            publishes=(USERS_TOPIC,),
+            needs_database=True,
+            rate_limit="users",
+        ),
+        Function(
+            name="user_lifecycle",
+            trigger=Trigger.TOPIC,
+            entry_point="user_lifecycle",
+            description="Applies status changes and deletions: restrictions, sessions, cleanup.",
+            concurrency=10,
+            roles=_DB_ROLES,
+            needs_database=True,
+        ),
         Function(
             name="outbox_relay",
             trigger=Trigger.SCHEDULE,
@@ -152,9 +223,21 @@ TOPOLOGY = Topology(
         Topic("outbox.tick", description="Cloud Scheduler: outbox sweep"),
         Topic("maintenance.daily", description="Cloud Scheduler: daily retention"),
         Topic("uploads.finalized", description="Bucket notifications: objects finalized"),
+        Topic(USERS_TOPIC, description="User status changes and deletions"),
+        Topic(LOGIN_TOPIC, description="Successful logins"),
+        Topic(SIGNUP_TOPIC, description="New accounts"),
         Topic(DEAD_LETTER, external=True, description="Messages that exhausted delivery attempts"),
     ),
     subscriptions=(
+        Subscription(
+            name="user-lifecycle.users-events",
+            topic=USERS_TOPIC,
+            function="user_lifecycle",
+            ack_deadline_s=60,
+            retry=RetryPolicy(10, 600),
+            dead_letter_topic=DEAD_LETTER,
+            max_delivery_attempts=10,
+        ),
         Subscription(
             name="outbox-relay.outbox-tick",
             topic="outbox.tick",

@@ -1,12 +1,19 @@
-"""JWT verification and role checks (RFC 8725): an explicit algorithm allow-list, required
-issuer, audience, expiry and issued-at, and a small leeway for clock skew.
+"""Who the caller is: JWT verification (RFC 8725) and the account behind the token.
 
-Keys come from a JWKS URL (own `auth` function or an external IdP, cached by PyJWKClient) or a
-PEM public key. PyJWT is imported on first verification, not at function import.
+Tokens are verified with an explicit algorithm allow-list, required issuer, audience (own
+tokens), expiry, not-before and issued-at, and a small leeway for clock skew. Own tokens are
+RS256 from the `auth` function (keys by `kid` from its JWKS); tokens of an external OIDC issuer
+(Clerk style: JWKS URL, issuer, authorized parties in `azp`) are accepted too and map to a local
+user created on first sight.
+
+Every authenticated request then reads the account in one query: a revoked or expired session,
+or a suspended or deleted user, is refused at once (not when the token expires), and roles come
+from the database, so a role change applies to the next request.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -20,6 +27,7 @@ from shared.config import get_settings
 ALLOWED_ALGORITHMS = ("RS256", "ES256")  # never "none", never HS* with a public key
 LEEWAY_S = 30
 ROLES = ("user", "operator", "auditor", "admin")
+USABLE_STATUSES = ("active", "inactive")  # inactive users may still read their data
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,7 @@ class Principal:
     roles: frozenset[str]
     session_id: str | None = None
     token_id: str | None = None
+    status: str = "active"
     claims: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def has_role(self, role: str) -> bool:
@@ -37,19 +46,25 @@ class Principal:
 KeyResolver = Callable[[str], Any]  # token -> verification key
 
 
+def _bad_token(detail: str, code: str = "invalid_token") -> errors.Unauthorized:
+    return errors.Unauthorized(detail, code=code)
+
+
 def verify_token(
     token: str,
     key_for: KeyResolver,
     *,
     issuer: str,
-    audience: str | Iterable[str],
+    audience: str | Iterable[str] | None,
     algorithms: Iterable[str] = ALLOWED_ALGORITHMS,
     leeway_s: int = LEEWAY_S,
 ) -> Principal:
-    """Verify `token` and return its principal; raises Unauthorized with a stable code."""
+    """Verify `token` and return its claims as a principal; raises Unauthorized with a stable
+    code. `audience=None` skips the audience check (external IdPs that use `azp` instead)."""
     import jwt
 
     algorithms = [a for a in algorithms if a in ALLOWED_ALGORITHMS]
+    required = ["exp", "iat", "iss", "sub"] + (["aud"] if audience is not None else [])
     try:
         header = jwt.get_unverified_header(token)
         if header.get("alg") not in algorithms:
@@ -58,33 +73,33 @@ def verify_token(
             token,
             key=key_for(token),
             algorithms=algorithms,
-            audience=list(audience) if not isinstance(audience, str) else audience,
+            audience=audience if isinstance(audience, str | None) else list(audience),
             issuer=issuer,
             leeway=leeway_s,
-            options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            options={"require": required, "verify_aud": audience is not None},
         )
     except jwt.ExpiredSignatureError:
-        raise errors.Unauthorized("token has expired", code="token_expired") from None
-    except (jwt.PyJWTError, ValueError, KeyError):
-        raise errors.Unauthorized("token is invalid", code="invalid_token") from None
+        raise _bad_token("token has expired", "token_expired") from None
+    except jwt.ImmatureSignatureError:
+        raise _bad_token("token is not valid yet", "token_not_yet_valid") from None
+    except (jwt.PyJWTError, ValueError, KeyError, TypeError):
+        raise _bad_token("token is invalid") from None
     roles = claims.get("roles") or []
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-        raise errors.Unauthorized("token roles are malformed", code="invalid_token")
+        raise _bad_token("token roles are malformed")
+    if not isinstance(claims["sub"], str) or not claims["sub"]:
+        raise _bad_token("token subject is malformed")
     return Principal(
-        subject=str(claims["sub"]),
+        subject=claims["sub"],
         roles=frozenset(r for r in roles if r in ROLES),
-        session_id=claims.get("sid"),
-        token_id=claims.get("jti"),
+        session_id=claims.get("sid") if isinstance(claims.get("sid"), str) else None,
+        token_id=claims.get("jti") if isinstance(claims.get("jti"), str) else None,
         claims=claims,
     )
 
 
-def _bad_token(detail: str) -> errors.Unauthorized:
-    return errors.Unauthorized(detail, code="invalid_token")
-
-
 def jwks_resolver(url: str) -> KeyResolver:
-    """Keys from a JWKS document, cached and refreshed on unknown `kid` (key rotation)."""
+    """Keys from a JWKS document, cached and refreshed on an unknown `kid` (key rotation)."""
     import jwt
 
     client = jwt.PyJWKClient(url, cache_keys=True, lifespan=300, timeout=5)
@@ -92,9 +107,28 @@ def jwks_resolver(url: str) -> KeyResolver:
     def key_for(token: str) -> Any:
         try:
             return client.get_signing_key_from_jwt(token).key
+        except jwt.PyJWKClientConnectionError:
+            raise errors.ServiceUnavailable("token keys are unreachable", code="jwks_unavailable"
+                                            ) from None
         except jwt.PyJWKClientError:
-            raise errors.Unauthorized("token signing key is unknown", code="invalid_token"
-                                      ) from None
+            raise _bad_token("token signing key is unknown") from None
+
+    return key_for
+
+
+def local_keys_resolver() -> KeyResolver:
+    """The auth function verifies its own tokens with the public halves of its signing keys."""
+    import jwt
+
+    from shared import tokens
+
+    keys = {k.kid: k.private_key.public_key() for k in tokens.signing_keys()}
+
+    def key_for(token: str) -> Any:
+        kid = jwt.get_unverified_header(token).get("kid")
+        if kid not in keys:
+            raise _bad_token("token signing key is unknown")
+        return keys[kid]
 
     return key_for
 
@@ -107,8 +141,12 @@ def pem_resolver(pem: str) -> KeyResolver:
 
 
 @cache
-def _configured_resolver() -> KeyResolver:
+def own_resolver() -> KeyResolver:
+    import os
+
     settings = get_settings()
+    if os.environ.get("JWT_SIGNING_KEYS"):
+        return local_keys_resolver()
     if settings.jwt_jwks_url:
         return jwks_resolver(settings.jwt_jwks_url)
     if settings.jwt_public_key_pem:
@@ -117,18 +155,64 @@ def _configured_resolver() -> KeyResolver:
                                     code="auth_unconfigured")
 
 
+@cache
+def external_resolver() -> KeyResolver:
+    return jwks_resolver(str(get_settings().oidc_jwks_url))
+
+
 def bearer_token(request: flask.Request) -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise errors.Unauthorized("send a bearer token", code="missing_token")
+        raise errors.Unauthorized("send a bearer token", code="missing_token",
+                                  headers={"WWW-Authenticate": "Bearer"})
     return token.strip()
 
 
-def authenticate(request: flask.Request) -> Principal:
-    """The router's authenticator: verify the request's bearer token against the configured keys."""
+def _unverified_issuer(token: str) -> str | None:
+    import jwt
+
+    try:
+        issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+    except jwt.PyJWTError:
+        raise _bad_token("token is malformed") from None
+    return issuer if isinstance(issuer, str) else None
+
+
+def verify_request_token(token: str) -> tuple[Principal, bool]:
+    """Verify a bearer token of ours or of the external IdP; returns (claims, is_external)."""
     settings = get_settings()
-    return verify_token(
-        bearer_token(request), _configured_resolver(),
-        issuer=settings.jwt_issuer, audience=settings.jwt_audience,
-    )
+    issuer = _unverified_issuer(token)
+    if issuer == settings.jwt_issuer:
+        principal = verify_token(token, own_resolver(), issuer=settings.jwt_issuer,
+                                 audience=settings.jwt_audience, algorithms=("RS256",))
+        if principal.session_id is None:
+            raise _bad_token("token has no session")
+        return principal, False
+    if settings.oidc_issuer and issuer == settings.oidc_issuer:
+        principal = verify_token(token, external_resolver(), issuer=settings.oidc_issuer,
+                                 audience=settings.oidc_audience)
+        azp = principal.claims.get("azp")
+        if settings.oidc_authorized_parties and azp not in settings.oidc_authorized_parties:
+            raise _bad_token("token was issued to another party", "unauthorized_party")
+        return principal, True
+    raise _bad_token("token issuer is not trusted")
+
+
+def authenticate(request: flask.Request) -> Principal:
+    """The router's authenticator: a verified token backed by a live session and account."""
+    from shared import accounts, db
+
+    principal, external = verify_request_token(bearer_token(request))
+    with db.transaction() as conn:
+        if external:
+            return accounts.external_principal(conn, get_settings().oidc_issuer or "", principal)
+        return accounts.session_principal(conn, principal)
+
+
+def parse_uuid(value: str, what: str = "id") -> str:
+    """A canonical UUID string, or 404-worthy garbage rejected before it reaches SQL."""
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, AttributeError):
+        raise errors.NotFound(f"no such {what}") from None

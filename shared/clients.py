@@ -71,9 +71,10 @@ def topic_path(topic: str) -> str:
 
 
 def reset() -> None:
-    """Forget every cached client and the settings (tests, after changing the environment)."""
-    from shared import db
+    """Forget every cached client, key and the settings (tests, after changing the environment)."""
+    from shared import auth, db, tokens
 
-    for getter in (publisher, storage_client, firestore_client, genai_client, db.engine):
+    for getter in (publisher, storage_client, firestore_client, genai_client, db.engine,
+                   auth.own_resolver, auth.external_resolver, tokens.signing_keys):
         getter.cache_clear()
     get_settings.cache_clear()

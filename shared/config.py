@@ -38,6 +38,10 @@ class Settings:
     log_level: str
     push_audience: str | None  # production: the URL Pub/Sub push tokens are minted for
     push_invoker_email: str | None
+    oidc_issuer: str | None  # an external IdP (Clerk style) whose tokens are accepted too
+    oidc_jwks_url: str | None
+    oidc_audience: str | None  # checked when set; Clerk session tokens carry `azp` instead
+    oidc_authorized_parties: tuple[str, ...]
 
     @property
     def is_production(self) -> bool:
@@ -86,12 +90,19 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         log_level=env.get("LOG_LEVEL", "INFO").upper(),
         push_audience=env.get("PUSH_AUDIENCE") or None,
         push_invoker_email=env.get("PUSH_INVOKER_EMAIL") or None,
+        oidc_issuer=env.get("OIDC_ISSUER") or None,
+        oidc_jwks_url=env.get("OIDC_JWKS_URL") or None,
+        oidc_audience=env.get("OIDC_AUDIENCE") or None,
+        oidc_authorized_parties=tuple(
+            p.strip() for p in env.get("OIDC_AUTHORIZED_PARTIES", "").split(",") if p.strip()),
     )
     _check_production(settings)
     return settings
 
 
 def _check_production(settings: Settings) -> None:
+    if settings.oidc_issuer and not settings.oidc_jwks_url:
+        raise ConfigError("OIDC_ISSUER needs OIDC_JWKS_URL")
     if not settings.is_production:
         return
     if settings.cursor_secret.strip().lower() in PLACEHOLDERS or "local" in settings.cursor_secret:

@@ -66,8 +66,12 @@ class Router:
         authenticate: Authenticator | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
         trace_source: TraceSource | None = None,
+        rate_limited: bool = False,
     ) -> None:
         self.service = service
+        # Per-caller limits shared across instances; the class and numbers come from the
+        # manifest through the environment (RATE_LIMIT_*), unset in unit tests.
+        self.rate_limit = _limit_from_env() if rate_limited else None
         # Where the trace context comes from: the request headers unless the function knows
         # better (a push consumer continues the trace of the message it delivers).
         self.trace_source: TraceSource = trace_source or _request_headers
@@ -128,16 +132,44 @@ class Router:
                 allowed.append(route.method)
                 continue
             principal = self.authenticate(request) if route.role and self.authenticate else None
+            limit_headers = self._take_rate_limit(request, route, principal)
             if route.role is not None:
                 _require_role(principal, route.role)
             body = _read_body(request, route.body, self.max_body_bytes) if route.body else None
             call = Call(request, match.groupdict(), body, trace, principal)
-            return _to_response(route.handler(call))
+            response = _to_response(route.handler(call))
+            response.headers.update(limit_headers)
+            return response
         if allowed:
             raise errors.MethodNotAllowed(
                 f"{request.method} is not allowed here", headers={"Allow": ", ".join(allowed)}
             )
         raise errors.NotFound(f"no route for {request.method} {path}")
+
+
+    def _take_rate_limit(self, request: flask.Request, route: Route, principal: Any
+                         ) -> dict[str, str]:
+        """One atomic decision per request (health checks are never limited)."""
+        if self.rate_limit is None or route.handler == self._health:
+            return {}
+        from shared import db, ratelimit
+
+        caller = ratelimit.caller_key(getattr(principal, "subject", None),
+                                      request.headers.get("X-Forwarded-For"), request.remote_addr)
+        with db.transaction() as conn:
+            decision = ratelimit.take(conn, self.rate_limit, caller)
+        headers = ratelimit.headers(decision)
+        if not decision.allowed:
+            raise errors.TooManyRequests("rate limit exceeded; slow down", headers=headers)
+        return headers
+
+
+def _limit_from_env() -> Any:
+    import os
+
+    from shared import ratelimit
+
+    return ratelimit.limit_from_env(os.environ)
 
 
 def _request_headers(request: flask.Request) -> Mapping[str, str]:
@@ -147,7 +179,8 @@ def _request_headers(request: flask.Request) -> Mapping[str, str]:
 def _require_role(principal: Any, role: str) -> None:
     roles = set(getattr(principal, "roles", ()) or ())
     if role not in roles and "admin" not in roles:
-        raise errors.Forbidden(f"this route needs the {role} role", code="missing_role")
+        raise errors.Forbidden(f"this route needs the {role} role", code="missing_role",
+                               headers={"WWW-Authenticate": 'Bearer error="insufficient_scope"'})
 
 
 def _read_body(request: flask.Request, schema: Schema, limit: int) -> dict[str, Any]:

@@ -3,6 +3,7 @@ started once per session on free ports, and the platform pointed at them per tes
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from emulators.bridge import Bridge
 from emulators.functions import start_functions
 from emulators.postgres import PostgresHandle, start_postgres
 from infra.topology import TOPOLOGY, Topology
+from tests.integration.identity_fixtures import REPO, Identity
 
 PROJECT = "it-project"
 
@@ -105,3 +107,32 @@ def deployed(function: str, env: dict[str, str], run_dir: Path) -> Iterator[Brid
     finally:
         bridge.stop()
         running.process.stop()
+
+
+@pytest.fixture
+def identity(platform_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+             ) -> Iterator[Identity]:
+    """In-process `auth` and `users` functions (the real functions-framework app) on a real,
+    migrated database and the Pub/Sub emulator, with a freshly generated signing key."""
+    from functions_framework import create_app
+    from google.cloud import pubsub_v1
+
+    from emulators.bridge import ensure_topics
+    from shared import clients, tokens
+
+    key = tokens.generate_signing_key("it-1")
+    monkeypatch.setenv("JWT_SIGNING_KEYS", json.dumps([key]))
+    monkeypatch.setenv("JWT_ISSUER", "https://auth.test")
+    monkeypatch.setenv("JWT_AUDIENCE", "chat-rewards-apm")
+    for name, value in TOPOLOGY.function("auth").runtime_env().items():
+        if name.startswith("RATE_LIMIT_"):
+            monkeypatch.setenv(name, value)
+    clients.reset()
+    ensure_topics(TOPOLOGY, PROJECT, pubsub_v1.PublisherClient())
+    auth_app = create_app("auth", str(REPO / "functions/auth/main.py"))
+    users_app = create_app("users", str(REPO / "functions/users/main.py"))
+    engine = sqlalchemy.create_engine(platform_env["DATABASE_URL"])
+    try:
+        yield Identity(auth_app.test_client(), users_app.test_client(), engine, key)
+    finally:
+        engine.dispose()

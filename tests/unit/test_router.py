@@ -156,16 +156,15 @@ def test_bad_pagination_is_400(client, query) -> None:
 
 @pytest.fixture
 def signing_key(monkeypatch: pytest.MonkeyPatch):
-    from shared import auth, clients
+    from shared import clients
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                         serialization.PublicFormat.SubjectPublicKeyInfo)
     monkeypatch.setenv("JWT_PUBLIC_KEY_PEM", pem.decode())
-    clients.reset()  # settings are read once per instance
-    auth._configured_resolver.cache_clear()
+    clients.reset()  # settings and key resolvers are built once per instance
     yield key
-    auth._configured_resolver.cache_clear()
+    clients.reset()
 
 
 def _token(key, **overrides) -> str:

@@ -1,0 +1,209 @@
+"""Sign-up, login, refresh rotation and reuse detection, logout, profiles and administration,
+through the real `auth` and `users` functions on a real database."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.integration.identity_fixtures import PASSWORD, Identity
+
+
+def test_signup_login_refresh_logout(identity: Identity) -> None:
+    first = identity.signup()
+    assert first["token_type"] == "Bearer" and first["expires_in"] == 900
+    me = identity.users.get("/me", headers=identity.bearer(first))
+    assert me.status_code == 200 and me.json["email"] == first["email"]
+
+    login = identity.auth.post("/login", json={"email": first["email"].upper(),
+                                               "password": PASSWORD})
+    assert login.status_code == 200 and login.json["session_id"] != first["session_id"]
+
+    rotated = identity.auth.post("/token/refresh",
+                                 json={"refresh_token": login.json["refresh_token"]})
+    assert rotated.status_code == 200
+    assert rotated.json["refresh_token"] != login.json["refresh_token"]
+    assert rotated.json["session_id"] == login.json["session_id"]
+
+    out = identity.auth.post("/logout", headers=identity.bearer(rotated.json))
+    assert out.status_code == 204
+    # Revocation is checked on every request: the still-unexpired access token stops at once.
+    again = identity.users.get("/me", headers=identity.bearer(rotated.json))
+    assert again.status_code == 401 and again.json["code"] == "session_revoked"
+    assert "WWW-Authenticate" in again.headers
+    # The other session is untouched.
+    assert identity.users.get("/me", headers=identity.bearer(first)).status_code == 200
+
+
+def test_refresh_token_reuse_revokes_the_whole_session(identity: Identity) -> None:
+    tokens = identity.signup()
+    first = identity.auth.post("/token/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert first.status_code == 200
+    replay = identity.auth.post("/token/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert replay.status_code == 401 and replay.json["code"] == "refresh_token_reused"
+    # The legitimate holder's newer tokens die with the session.
+    newer = identity.auth.post("/token/refresh",
+                               json={"refresh_token": first.json["refresh_token"]})
+    assert newer.status_code == 401
+    assert identity.users.get("/me", headers=identity.bearer(first.json)).status_code == 401
+    ((reason,),) = identity.sql("SELECT revoked_reason FROM sessions WHERE id = :id",
+                                id=tokens["session_id"])
+    assert reason == "refresh_token_reuse"
+
+
+def test_unknown_email_and_wrong_password_answer_alike(identity: Identity) -> None:
+    account = identity.signup()
+    wrong = identity.auth.post("/login", json={"email": account["email"],
+                                               "password": "not the password!"})
+    unknown = identity.auth.post("/login", json={"email": "nobody@example.com",
+                                                 "password": "not the password!"})
+    assert wrong.status_code == unknown.status_code == 401
+    strip = ("traceId", "instance")
+    assert {k: v for k, v in wrong.json.items() if k not in strip} == {
+        k: v for k, v in unknown.json.items() if k not in strip}
+
+
+def test_repeated_failures_slow_down_then_lock(identity: Identity) -> None:
+    account = identity.signup()
+    bad = {"email": account["email"], "password": "wrong password 1"}
+    codes = [identity.auth.post("/login", json=bad).status_code for _ in range(5)]
+    assert codes == [401] * 5
+    throttled = identity.auth.post("/login", json=bad)
+    assert throttled.status_code == 429 and throttled.json["code"] == "login_throttled"
+    assert int(throttled.headers["Retry-After"]) >= 1
+    # Even the right password waits: the throttle cannot be used to test guesses.
+    right = identity.auth.post("/login", json={"email": account["email"], "password": PASSWORD})
+    assert right.status_code == 429
+    # Past the waits, enough failures lock the address for a while.
+    for _ in range(5):
+        identity.sql("UPDATE login_attempts SET last_failure = now() - interval '1 hour'")
+        identity.auth.post("/login", json=bad)
+    locked = identity.auth.post("/login", json={"email": account["email"], "password": PASSWORD})
+    assert locked.status_code == 429 and locked.json["code"] == "account_locked"
+    assert int(locked.headers["Retry-After"]) > 60
+    identity.sql("UPDATE login_attempts SET locked_until = now(), "
+                 "last_failure = now() - interval '1 day'")
+    assert identity.auth.post("/login", json={"email": account["email"],
+                                              "password": PASSWORD}).status_code == 200
+
+
+@pytest.mark.parametrize(("password", "problem"), [
+    ("short1!", "at least"), ("password123", "too common"), ("aaaaaaaaaaaa", "too common")])
+def test_password_policy(identity: Identity, password: str, problem: str) -> None:
+    resp = identity.auth.post("/signup", json={"email": "p@example.com", "password": password,
+                                               "display_name": "P"})
+    assert resp.status_code == 422 and resp.json["code"] == "weak_password"
+    assert problem in resp.json["errors"][0]["message"]
+
+
+def test_duplicate_email_is_409(identity: Identity) -> None:
+    account = identity.signup()
+    resp = identity.auth.post("/signup", json={"email": account["email"], "password": PASSWORD,
+                                               "display_name": "Twin"})
+    assert resp.status_code == 409 and resp.json["code"] == "email_taken"
+
+
+def test_profile_update_and_validation(identity: Identity) -> None:
+    tokens = identity.signup()
+    ok = identity.users.patch("/me", headers=identity.bearer(tokens),
+                              json={"display_name": "Mina", "locale": "ko-KR",
+                                    "time_zone": "Asia/Seoul"})
+    assert ok.status_code == 200
+    assert (ok.json["display_name"], ok.json["locale"], ok.json["time_zone"]) == (
+        "Mina", "ko-KR", "Asia/Seoul")
+    bad = identity.users.patch("/me", headers=identity.bearer(tokens),
+                               json={"time_zone": "Mars/Olympus"})
+    assert bad.status_code == 422
+    assert identity.users.patch("/me", headers=identity.bearer(tokens),
+                                json={"roles": ["admin"]}).status_code == 422
+
+
+def test_a_user_cannot_reach_another_users_profile_or_sessions(identity: Identity) -> None:
+    ann, bob = identity.signup(), identity.signup()
+    # /me is always the caller: there is no id to swap.
+    assert identity.users.get("/me", headers=identity.bearer(bob)).json["id"] == bob["user_id"]
+    # Admin routes are not open to users, whatever id they name.
+    for method, path, body in (
+            ("get", "/users", None),
+            ("put", f"/users/{ann['user_id']}/status", {"status": "suspended"}),
+            ("put", f"/users/{ann['user_id']}/roles", {"roles": ["admin"]})):
+        resp = getattr(identity.users, method)(path, headers=identity.bearer(bob), json=body)
+        assert resp.status_code == 403 and resp.json["code"] == "missing_role"
+        assert "insufficient_scope" in resp.headers["WWW-Authenticate"]
+    # Bob's logout ends only Bob's session.
+    identity.auth.post("/logout", headers=identity.bearer(bob))
+    assert identity.users.get("/me", headers=identity.bearer(ann)).status_code == 200
+    assert identity.sql("SELECT status FROM users WHERE id = :id", id=ann["user_id"]) == [
+        ("active",)]
+
+
+def test_admin_lists_sets_status_and_roles(identity: Identity) -> None:
+    admin, target = identity.signup(), identity.signup()
+    identity.make_admin(admin)
+    headers = identity.bearer(admin)
+    seen, cursor = [], None
+    while True:
+        resp = identity.users.get("/users", headers=headers,
+                                  query_string={"limit": 1, **({"cursor": cursor} if cursor
+                                                             else {})})
+        assert resp.status_code == 200
+        seen += [u["id"] for u in resp.json["items"]]
+        cursor = resp.json["nextCursor"]
+        if not cursor:
+            break
+    assert set(seen) == {admin["user_id"], target["user_id"]} and len(seen) == 2
+    found = identity.users.get("/users", headers=headers, query_string={"q": target["email"]})
+    assert [u["id"] for u in found.json["items"]] == [target["user_id"]]
+
+    suspended = identity.users.put(f"/users/{target['user_id']}/status", headers=headers,
+                                   json={"status": "suspended"})
+    assert suspended.status_code == 200 and suspended.json["status"] == "suspended"
+    # A suspended account is refused at once, and cannot log in.
+    assert identity.users.get("/me", headers=identity.bearer(target)).status_code == 401
+    login = identity.auth.post("/login", json={"email": target["email"], "password": PASSWORD})
+    assert login.status_code == 403 and login.json["code"] == "account_suspended"
+    events = identity.sql("SELECT payload FROM outbox WHERE topic = 'users.events'")
+    assert len(events) == 1 and b'"user.status_changed"' in bytes(events[0][0])
+
+    roles = identity.users.put(f"/users/{target['user_id']}/roles", headers=headers,
+                               json={"roles": ["operator"]})
+    assert roles.status_code == 200 and roles.json["roles"] == ["operator", "user"]
+    own = identity.users.put(f"/users/{admin['user_id']}/status", headers=headers,
+                             json={"status": "inactive"})
+    assert own.status_code == 409
+    missing = identity.users.put("/users/00000000-0000-0000-0000-000000000000/status",
+                                 headers=headers, json={"status": "active"})
+    assert missing.status_code == 404
+    assert identity.users.put("/users/not-a-uuid/status", headers=headers,
+                              json={"status": "active"}).status_code == 404
+
+
+def test_delete_me_anonymizes_and_revokes(identity: Identity) -> None:
+    tokens = identity.signup()
+    other_session = identity.auth.post("/login", json={"email": tokens["email"],
+                                                       "password": PASSWORD}).json
+    assert identity.users.delete("/me", headers=identity.bearer(tokens)).status_code == 204
+    ((email, name, status, pw),) = identity.sql(
+        "SELECT email, display_name, status, password_hash FROM users WHERE id = :id",
+        id=tokens["user_id"])
+    assert (email, name, status, pw) == (None, "Deleted user", "deleted", None)
+    assert identity.users.get("/me", headers=identity.bearer(other_session)).status_code == 401
+    assert identity.auth.post("/login", json={"email": tokens["email"],
+                                              "password": PASSWORD}).status_code == 401
+    # The address is free again.
+    identity.signup(email=tokens["email"])
+
+
+def test_login_publishes_a_login_event_through_the_outbox(identity: Identity) -> None:
+    account = identity.signup()
+    identity.auth.post("/login", json={"email": account["email"], "password": PASSWORD})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        rows = identity.sql("SELECT published_at IS NOT NULL, payload FROM outbox "
+                            "WHERE topic = 'auth.logins'")
+        if rows and rows[0][0]:
+            break
+        time.sleep(0.05)
+    assert rows and rows[0][0], "login event was not published"
+    assert b'"user.logged_in"' in bytes(rows[0][1])
