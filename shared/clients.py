@@ -75,6 +75,7 @@ def reset() -> None:
     from shared import auth, db, tokens
 
     for getter in (publisher, storage_client, firestore_client, genai_client, db.engine,
+                   db.autocommit_engine,
                    auth.own_resolver, auth.external_resolver, tokens.signing_keys):
         getter.cache_clear()
     get_settings.cache_clear()

@@ -21,11 +21,22 @@ if TYPE_CHECKING:
 @cache
 def engine() -> Engine:
     """The instance's engine. Small pool: one function instance serves few concurrent requests."""
+    return _create_engine()
+
+
+@cache
+def autocommit_engine() -> Engine:
+    """For single statements that are their own transaction (a rate-limit decision): no
+    BEGIN/COMMIT round trips, and a row lock is held only for the statement itself."""
+    return _create_engine(isolation_level="AUTOCOMMIT")
+
+
+def _create_engine(**options: Any) -> Engine:
     import sqlalchemy
 
     settings = get_settings()
     pool: dict[str, Any] = {"pool_size": 5, "max_overflow": 5, "pool_pre_ping": True,
-                            "pool_recycle": 1800}
+                            "pool_recycle": 1800} | options
     if settings.instance_connection_name:
         return sqlalchemy.create_engine("postgresql+pg8000://", creator=_connector_creator(),
                                         **pool)
@@ -37,22 +48,23 @@ def engine() -> Engine:
     return sqlalchemy.create_engine(url, **pool)
 
 
+@cache
+def _connector() -> Any:
+    """One Cloud SQL connector per instance, built on the first connection (it reads
+    credentials). LAZY refresh: serverless CPU is throttled between requests, so a background
+    refresh of the instance certificate would fail."""
+    from google.cloud.sql.connector import Connector
+
+    return Connector(refresh_strategy="LAZY")
+
+
 def _connector_creator() -> Any:
     settings = get_settings()
-
-    @cache
-    def connector() -> Any:
-        # Built on the first connection, not with the engine: it reads credentials.
-        from google.cloud.sql.connector import Connector
-
-        # LAZY refresh: serverless CPU is throttled between requests, so background refresh
-        # of the instance certificate would fail.
-        return Connector(refresh_strategy="LAZY")
 
     def connect() -> Any:
         from google.cloud.sql.connector import IPTypes
 
-        return connector().connect(
+        return _connector().connect(
             str(settings.instance_connection_name),
             "pg8000",
             user=settings.db_user,
@@ -66,6 +78,20 @@ def _connector_creator() -> Any:
 
 @contextmanager
 def transaction() -> Iterator[Connection]:
-    """A connection in a transaction: committed on normal exit, rolled back on error."""
-    with engine().begin() as conn:
-        yield conn
+    """A connection in a transaction: committed on normal exit, rolled back on error.
+
+    On an unexpected error the connection is discarded, not returned to the pool: an exception
+    raised inside the driver mid-message (an encoding error, say) can leave the protocol stream
+    half-written, and the next request to reuse it would fail. Domain errors (AppError) are
+    raised by our code between statements and leave the connection sound."""
+    from shared.errors import AppError
+
+    with engine().connect() as conn:
+        try:
+            with conn.begin():
+                yield conn
+        except AppError:
+            raise
+        except BaseException:
+            conn.invalidate()
+            raise

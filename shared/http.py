@@ -121,6 +121,8 @@ class Router:
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             raise errors.PayloadTooLarge(f"body exceeds {self.max_body_bytes} bytes")
         path = request.path.rstrip("/") or "/"
+        if any("\x00" in value for value in request.args.values()):
+            raise errors.BadRequest("query has a NUL character", code="invalid_query")
         allowed: list[str] = []
         for route in self.routes:
             match = route.pattern.match(path)
@@ -156,7 +158,7 @@ class Router:
 
         caller = ratelimit.caller_key(getattr(principal, "subject", None),
                                       request.headers.get("X-Forwarded-For"), request.remote_addr)
-        with db.transaction() as conn:
+        with db.autocommit_engine().connect() as conn:
             decision = ratelimit.take(conn, self.rate_limit, caller)
         headers = ratelimit.headers(decision)
         if not decision.allowed:

@@ -77,11 +77,16 @@ def apply(envelope: Envelope) -> bool:
     else:
         return False  # other user events (roles) need no lifecycle effect
     rule = _RULES.get(status)
-    user_id, version = envelope.data.get("user_id"), envelope.data.get("version")
-    if rule is None or not isinstance(user_id, str) or not isinstance(version, int):
+    user_id, version = _user_id(envelope.data.get("user_id")), envelope.data.get("version")
+    if (rule is None or user_id is None or not isinstance(version, int)
+            or isinstance(version, bool) or not 0 < version < 2**63):
+        # Permanent: answered 422, so it goes to the dead-letter topic, not round and round.
         raise errors.ValidationFailed("lifecycle event is malformed", code="invalid_event")
     with dedupe.once(CONSUMER, envelope.id) as conn:
         if conn is None:
+            return False
+        if conn.execute(_sql("SELECT 1 FROM users WHERE id = :u"), {"u": user_id}).first() is None:
+            log.warning("%s for unknown user %s ignored", envelope.type, user_id)
             return False
         applied = conn.execute(_sql(
             "INSERT INTO account_restrictions AS r (user_id, status, status_version, "
@@ -99,6 +104,15 @@ def apply(envelope: Envelope) -> bool:
             return False
         _effects(conn, user_id, status)
         return True
+
+
+def _user_id(value: Any) -> str | None:
+    import uuid
+
+    try:
+        return str(uuid.UUID(value)) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def _effects(conn: Connection, user_id: str, status: str) -> None:

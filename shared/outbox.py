@@ -26,6 +26,9 @@ log = logging.getLogger("shared.outbox")
 
 # Rows younger than this are left to the publish-after-commit of the request that wrote them.
 RELAY_GRACE = timedelta(seconds=10)
+# A request waits at most this long for its events' publish; what is not confirmed by then stays
+# pending for the relay, so a slow Pub/Sub never holds a user's response for long.
+AFTER_COMMIT_TIMEOUT_S = 5.0
 MAX_BACKOFF_S = 600
 
 
@@ -85,7 +88,7 @@ def publish_rows(ids: list[int]) -> RelayResult:
             ),
             {"ids": ids},
         ).all()
-        return _publish(conn, rows)
+        return _publish(conn, rows, AFTER_COMMIT_TIMEOUT_S)
 
 
 def relay_pending(limit: int = 500, grace: timedelta = RELAY_GRACE) -> RelayResult:
@@ -106,7 +109,8 @@ def relay_pending(limit: int = 500, grace: timedelta = RELAY_GRACE) -> RelayResu
         return _publish(conn, rows)
 
 
-def _publish(conn: Connection, rows: Sequence[Row[Any]]) -> RelayResult:
+def _publish(conn: Connection, rows: Sequence[Row[Any]],
+             timeout_s: float = PUBLISH_TIMEOUT_S) -> RelayResult:
     import sqlalchemy
 
     publisher = clients.publisher()
@@ -119,7 +123,7 @@ def _publish(conn: Connection, rows: Sequence[Row[Any]]) -> RelayResult:
     published = failed = 0
     for row_id, attempts, future in pending:
         try:
-            future.result(timeout=PUBLISH_TIMEOUT_S)
+            future.result(timeout=timeout_s)
         except Exception as exc:  # noqa: BLE001 - any publish failure leaves the row for later
             failed += 1
             backoff = min(MAX_BACKOFF_S, 2 ** min(attempts, 10))

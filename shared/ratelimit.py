@@ -40,7 +40,7 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # time per decision (bench/ratelimit.py). Nothing inlined can carry SQL: the key arrives as hex
 # digits, the numbers as repr() of floats checked to be finite.
 _TAKE = """
-    WITH fresh AS (SELECT 1)
+    WITH fresh AS (SELECT set_config('ratelimit.allowed', 'true', true))
     INSERT INTO rate_limits AS b (key, tokens, updated_at)
     SELECT convert_from(decode('{key}', 'hex'), 'UTF8'), {burst} - {cost}, clock_timestamp()
     FROM fresh
@@ -134,10 +134,10 @@ def prune_idle(conn: Connection, older_than_s: float, batch: int | None = None) 
     first (the delete's recheck then skips the fresh row) or waits and recreates the key, full.
     With `batch`, call again (a transaction each) until it returns less than `batch`.
     """
-    import sqlalchemy
-
     if older_than_s <= 0 or (batch is not None and batch < 1):
         raise ValueError(f"need older_than_s > 0 and batch >= 1, got {older_than_s}, {batch}")
+    import sqlalchemy
+
     sql, params = (_PRUNE, {"age": float(older_than_s)}) if batch is None else (
         _PRUNE_BATCH, {"age": float(older_than_s), "batch": batch})
     return int(conn.execute(sqlalchemy.text(sql), params).rowcount)

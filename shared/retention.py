@@ -10,6 +10,7 @@ from shared import db
 # Published outbox rows are kept a while for audit and debugging, then dropped.
 OUTBOX_RETENTION = timedelta(days=7)
 BATCH = 5000
+RATE_BUCKET_IDLE_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,7 @@ class PruneResult:
     dedupe_ids: int
     idempotency_records: int
     outbox_rows: int
+    rate_limit_buckets: int
 
 
 def _delete_in_batches(sql: str, params: dict[str, object]) -> int:
@@ -33,7 +35,8 @@ def _delete_in_batches(sql: str, params: dict[str, object]) -> int:
 
 
 def prune_expired(outbox_retention: timedelta = OUTBOX_RETENTION) -> PruneResult:
-    """Remove expired dedupe ids, expired idempotency records and old published outbox rows."""
+    """Remove expired dedupe ids, expired idempotency records, old published outbox rows and
+    idle rate-limit buckets."""
     dedupe = _delete_in_batches(
         "DELETE FROM processed_messages WHERE ctid IN (SELECT ctid FROM processed_messages "
         "WHERE expires_at < now() LIMIT :batch)", {})
@@ -44,4 +47,19 @@ def prune_expired(outbox_retention: timedelta = OUTBOX_RETENTION) -> PruneResult
         "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at IS NOT NULL "
         "AND published_at < now() - make_interval(secs => :age) LIMIT :batch)",
         {"age": outbox_retention.total_seconds()})
-    return PruneResult(dedupe, idem, outbox)
+    buckets = _prune_rate_limits()
+    return PruneResult(dedupe, idem, outbox, buckets)
+
+
+def _prune_rate_limits() -> int:
+    """Buckets idle for a day are full (no limit takes that long to refill): dropping them
+    changes no decision and keeps the table to the callers of the last day."""
+    from shared import ratelimit
+
+    total = 0
+    while True:
+        with db.transaction() as conn:
+            deleted = ratelimit.prune_idle(conn, RATE_BUCKET_IDLE_S, batch=BATCH)
+        total += deleted
+        if deleted < BATCH:
+            return total

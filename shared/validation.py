@@ -23,11 +23,42 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
 
 def parse_json(raw: bytes, what: str = "body", code: str = "invalid_json") -> Any:
     """Decode JSON or raise BadRequest. Deeply nested input raises RecursionError in the
-    decoder; it is bad input like any other, never a server error."""
+    decoder; it is bad input like any other, never a server error. Strings must be text that
+    every store accepts: JSON can smuggle NUL (`\u0000`, refused by PostgreSQL) and lone
+    surrogates (`\ud800`, not encodable as UTF-8), so both are refused here, at the door."""
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadRequest(f"{what} is not valid JSON", code=code) from None
+    if not _clean_text(value):
+        raise BadRequest(f"{what} has a NUL character or invalid Unicode", code=code)
+    return value
+
+
+def clean_string(text: str) -> bool:
+    """True for text without NUL that encodes as UTF-8."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _clean_text(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not clean_string(item):
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 @dataclass(frozen=True)
@@ -42,9 +73,10 @@ class Field:
     pattern: str | None = None
     items: Field | None = None
     description: str = ""
+    nullable: bool = False  # JSON null is a value (e.g. "clear the avatar"), not an omission
 
     def json_schema(self) -> dict[str, Any]:
-        schema: dict[str, Any] = {"type": self.type}
+        schema: dict[str, Any] = {"type": [self.type, "null"] if self.nullable else self.type}
         for key, value in (
             ("minLength" if self.type == "string" else "minItems", self.min_length),
             ("maxLength" if self.type == "string" else "maxItems", self.max_length),
@@ -85,9 +117,13 @@ class Schema:
             ])
         errors: list[dict[str, str]] = []
         for name, spec in self.fields.items():
-            if name not in body or body[name] is None:
+            if name not in body:
                 if spec.required:
                     errors.append({"field": name, "message": "is required"})
+                continue
+            if body[name] is None:
+                if not spec.nullable:
+                    errors.append({"field": name, "message": "must not be null"})
                 continue
             errors.extend(_check(name, spec, body[name]))
         if not self.allow_extra:

@@ -1,6 +1,6 @@
 """maintenance: daily retention on `maintenance.daily` (Cloud Scheduler). Prunes expired dedupe
 ids and idempotency records, and old published outbox rows. Idempotent by nature: deleting what
-is expired twice deletes nothing the second time."""
+is expired twice deletes nothing the second time. Also drops idle rate-limit buckets."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ def run_maintenance(message: PushMessage) -> None:
 
     result = prune_expired()
     log.info(
-        "pruned %d dedupe ids, %d idempotency records, %d outbox rows",
+        "pruned %d dedupe ids, %d idempotency records, %d outbox rows, %d rate-limit buckets",
         result.dedupe_ids, result.idempotency_records, result.outbox_rows,
+        result.rate_limit_buckets,
         extra={"pruned": vars(result)},
     )
 

@@ -16,7 +16,7 @@ init()
 
 PROFILE = Schema({
     "display_name": Field("string", min_length=1, max_length=64),
-    "avatar_upload_id": Field("string", min_length=36, max_length=36),
+    "avatar_upload_id": Field("string", min_length=36, max_length=36, nullable=True),
     "locale": Field("string", min_length=2, max_length=35,
                     pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$"),
     "time_zone": Field("string", min_length=1, max_length=64),

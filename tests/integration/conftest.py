@@ -77,8 +77,9 @@ def platform_env(postgres: PostgresHandle, pubsub_host: str, monkeypatch: pytest
     finally:
         from shared import db
 
-        if db.engine.cache_info().currsize:
-            db.engine().dispose()
+        for cached in (db.engine, db.autocommit_engine):
+            if cached.cache_info().currsize:
+                cached().dispose()
         clients.reset()
 
 

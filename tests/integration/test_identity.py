@@ -207,3 +207,58 @@ def test_login_publishes_a_login_event_through_the_outbox(identity: Identity) ->
         time.sleep(0.05)
     assert rows and rows[0][0], "login event was not published"
     assert b'"user.logged_in"' in bytes(rows[0][1])
+
+
+def test_rate_limit_is_per_caller_with_standard_headers(identity: Identity,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from functions_framework import create_app
+
+    from tests.integration.identity_fixtures import REPO
+
+    monkeypatch.setenv("RATE_LIMIT_RATE", "0.001")  # no refill within the test
+    monkeypatch.setenv("RATE_LIMIT_BURST", "3")
+    auth = create_app("auth", str(REPO / "functions/auth/main.py")).test_client()
+    body = {"email": "nobody@example.com", "password": "whatever it is"}
+    caller = {"X-Forwarded-For": "203.0.113.7"}
+    statuses = [auth.post("/login", json=body, headers=caller).status_code for _ in range(4)]
+    assert statuses == [401, 401, 401, 429]
+    limited = auth.post("/login", json=body, headers=caller)
+    assert limited.json["code"] == "rate_limited"
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert limited.headers["RateLimit-Policy"].startswith('"auth";q=3;w=')
+    assert limited.headers["RateLimit"].startswith('"auth";r=0;t=')
+    # Another client address has its own bucket; health checks are never limited.
+    assert auth.post("/login", json=body,
+                     headers={"X-Forwarded-For": "198.51.100.9"}).status_code == 401
+    assert auth.get("/healthz", headers=caller).status_code == 200
+
+
+@pytest.mark.parametrize("body", [
+    {"email": "nul\u0000@example.com", "password": PASSWORD, "display_name": "X"},
+    {"email": "a@example.com", "password": PASSWORD, "display_name": "X\u0000"},
+    {"email": "\ud800@example.com", "password": PASSWORD, "display_name": "X"},
+    {"email": "b@example.com", "password": "\ud800" * 12, "display_name": "X"},
+])
+def test_nul_and_invalid_unicode_are_400_and_leave_connections_healthy(identity: Identity,
+                                                                       body: dict) -> None:
+    resp = identity.auth.post("/signup", json=body)
+    assert resp.status_code == 400 and resp.json["code"] == "invalid_json"
+    assert identity.auth.get("/.well-known/jwks.json").status_code == 200
+    refresh = identity.auth.post("/token/refresh", json={"refresh_token": "\ud800"})
+    assert refresh.status_code == 400
+    for _ in range(3):  # every pooled connection still works
+        assert identity.auth.post("/token/refresh",
+                                  json={"refresh_token": "unknown"}).status_code == 401
+
+
+def test_null_fields_and_nul_queries(identity: Identity) -> None:
+    tokens = identity.signup()
+    headers = identity.bearer(tokens)
+    for field in ("display_name", "locale", "time_zone"):
+        resp = identity.users.patch("/me", headers=headers, json={field: None})
+        assert resp.status_code == 422, field
+    cleared = identity.users.patch("/me", headers=headers, json={"avatar_upload_id": None})
+    assert cleared.status_code == 200 and cleared.json["avatar_upload_id"] is None
+    identity.make_admin(tokens)
+    resp = identity.users.get("/users", headers=headers, query_string={"q": "a\x00b"})
+    assert resp.status_code == 400 and resp.json["code"] == "invalid_query"

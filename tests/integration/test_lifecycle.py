@@ -81,3 +81,22 @@ def test_admin_suspension_reaches_the_lifecycle_function(identity: Identity,
             assert time.monotonic() < deadline, "user_lifecycle did not apply the change"
             time.sleep(0.05)
     assert current(target["user_id"]).conversations_read_only
+
+
+@pytest.mark.parametrize("data", [
+    {"user_id": "not-a-uuid", "status": "active", "version": 1},
+    {"user_id": "00000000-0000-0000-0000-000000000001", "status": "active", "version": 2**70},
+    {"user_id": "00000000-0000-0000-0000-000000000001", "status": "active", "version": True},
+    {"user_id": "\x00", "status": "active", "version": 1},
+])
+def test_permanently_bad_events_are_422_not_retried(data: dict) -> None:
+    from shared import errors
+
+    with pytest.raises(errors.ValidationFailed):
+        lifecycle.apply(Envelope("user.status_changed", data))
+
+
+def test_event_for_an_unknown_user_is_acknowledged_without_effect(identity: Identity) -> None:
+    ghost = "00000000-0000-0000-0000-00000000beef"
+    assert not lifecycle.apply(status_event(ghost, "suspended", 1))
+    assert identity.sql("SELECT count(*) FROM account_restrictions") == [(0,)]

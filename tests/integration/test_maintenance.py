@@ -21,6 +21,8 @@ SEED = [
     "('s', 'old', 'h', 'completed', now() - interval '1 hour'), "
     "('s', 'stuck', 'h', 'in_progress', now() - interval '1 hour'), "
     "('s', 'live', 'h', 'completed', now() + interval '1 hour')",
+    "INSERT INTO rate_limits (key, tokens, updated_at) VALUES "
+    "('auth:ip:1.2.3.4', 20, now() - interval '2 days'), ('auth:ip:5.6.7.8', 3, now())",
     "INSERT INTO outbox (event_id, topic, payload, published_at) VALUES "
     "('e-old', 't', '', now() - interval '30 days'), ('e-new', 't', '', now()), "
     "('e-pending', 't', '', NULL)",
@@ -35,6 +37,7 @@ def _keys(engine: sqlalchemy.Engine) -> dict[str, set[str]]:
             "idempotency": set(conn.execute(sqlalchemy.text(
                 "SELECT key FROM idempotency_keys")).scalars()),
             "outbox": set(conn.execute(sqlalchemy.text("SELECT event_id FROM outbox")).scalars()),
+            "buckets": set(conn.execute(sqlalchemy.text("SELECT key FROM rate_limits")).scalars()),
         }
 
 
@@ -44,7 +47,8 @@ def test_daily_maintenance_prunes_only_what_expired(platform_env: dict[str, str]
     with engine.begin() as conn:
         for statement in SEED:
             conn.execute(sqlalchemy.text(statement))
-    expected = {"dedupe": {"live"}, "idempotency": {"live"}, "outbox": {"e-new", "e-pending"}}
+    expected = {"dedupe": {"live"}, "idempotency": {"live"}, "outbox": {"e-new", "e-pending"},
+                "buckets": {"auth:ip:5.6.7.8"}}
     daily = next(s for s in TOPOLOGY.schedules if s.name == "maintenance-daily")
     try:
         with deployed("maintenance", platform_env, run_dir) as bridge:
