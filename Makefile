@@ -39,6 +39,8 @@ e2e: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.cold_start --runs 10 --markdown
 	$(PY) -m bench.stack_start --runs 5
+	$(PY) -m bench.identity
+	$(PY) -m bench.ratelimit
 
 check: $(STAMP)
 	$(PY) -m emulators check

@@ -67,7 +67,8 @@ def bench_login(logins: int) -> list[tuple[str, list[float]]]:
             clients.reset()
             ensure_topics(TOPOLOGY, "bench", pubsub_v1.PublisherClient())
             migrate.upgrade()
-            client = create_app("auth", str(REPO / "functions/auth/main.py")).test_client()
+            client = create_app(  # type: ignore[no-untyped-call]
+                "auth", str(REPO / "functions/auth/main.py")).test_client()
             assert client.post("/signup", json={"email": "bench@example.com", "password": PASSWORD,
                                                 "display_name": "Bench"}).status_code == 201
             body = {"email": "bench@example.com", "password": PASSWORD}

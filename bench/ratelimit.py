@@ -82,7 +82,7 @@ SCENARIOS: list[tuple[str, Op, bool]] = [
 
 
 def run(engine: sqlalchemy.Engine, name: str, op: Op, autocommit: bool, callers: int,
-        per_caller: int, warmup: int, round_no: int) -> Result:
+        per_caller: int, warmup: int, round_no: int, rate: float = 0.0) -> Result:
     gate = threading.Barrier(callers + 1)
     isolation = "AUTOCOMMIT" if autocommit else "READ COMMITTED"
 
@@ -98,8 +98,16 @@ def run(engine: sqlalchemy.Engine, name: str, op: Op, autocommit: bool, callers:
                 once(conn, c, -1 - i - round_no * warmup)
             gate.wait()
             out = []
+            # Open loop (rate > 0): each caller sends on a fixed schedule, staggered, and latency
+            # counts from the scheduled time, so queueing behind a slow call is not hidden.
+            t0 = time.perf_counter() + (c / (rate * callers) if rate else 0.0)
             for i in range(per_caller):
                 began = time.perf_counter()
+                if rate:
+                    scheduled = t0 + i / rate
+                    if scheduled > began:
+                        time.sleep(scheduled - began)
+                    began = scheduled
                 outcome = once(conn, c, i + round_no * per_caller)
                 out.append(((time.perf_counter() - began) * 1e3, outcome))
             return out
@@ -126,13 +134,16 @@ def machine(engine: sqlalchemy.Engine, source: str) -> str:
 
 
 def markdown(results: list[Result], about: str, callers: int, per_caller: int,
-             rounds: int) -> str:
+             rounds: int, rate: float = 0.0) -> str:
     # Each take against the SELECT 1 with the same round trips (same commit mode).
     base = {r.autocommit: r for r in results if r.allowed is None}
     lines = [
         "## Rate-limit decisions", "",
         f"{callers} concurrent callers x {per_caller} decisions per scenario, in {rounds} rounds "
-        f"(each in its own transaction, or autocommit), {about}. "
+        f"(each in its own transaction, or autocommit), "
+        + (f"each caller at {rate:g}/s on a fixed schedule (open loop, {rate * callers:g}/s "
+           "offered), " if rate else "each caller as fast as it can (closed loop), ")
+        + f"{about}. "
         f"Target: p99 < {TARGET_P99_MS:g} ms.", "",
         "| scenario | p50 ms | p90 ms | p99 ms | max ms | decisions/s "
         "| p50, p99 vs SELECT 1 | allowed |",
@@ -154,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-caller", type=int, default=500,
                         help="decisions per caller and scenario, split over the rounds")
     parser.add_argument("--warmup", type=int, default=50, help="uncounted decisions per caller")
+    parser.add_argument("--rate-per-caller", type=float, default=0.0,
+                        help="decisions/s per caller on a fixed schedule; 0: as fast as possible")
     parser.add_argument("--rounds", type=int, default=5,
                         help="scenarios run round-robin this many times, so drift hits all")
     args = parser.parse_args(argv)
@@ -178,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 shift = round_no % len(SCENARIOS)  # no scenario always runs first or last
                 for name, op, autocommit in SCENARIOS[shift:] + SCENARIOS[:shift]:
                     samples[name].append(run(engine, name, op, autocommit, args.callers, each,
-                                             args.warmup, round_no))
+                                             args.warmup, round_no, args.rate_per_caller))
                 sys.stderr.write(f"round {round_no + 1}/{args.rounds} done\n")
             merged = [Result(name, rs[0].autocommit, [ms for r in rs for ms in r.latencies_ms],
                              sum(r.wall_s for r in rs),
@@ -189,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             if engine is not None:
                 engine.dispose()
             handle.stop()
-    sys.stdout.write(markdown(merged, about, args.callers, each * args.rounds, args.rounds))
+    sys.stdout.write(markdown(merged, about, args.callers, each * args.rounds, args.rounds,
+                              args.rate_per_caller))
     return 0
 
 
