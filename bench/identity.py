@@ -73,12 +73,25 @@ def bench_login(logins: int) -> list[tuple[str, list[float]]]:
                                                 "display_name": "Bench"}).status_code == 201
             body = {"email": "bench@example.com", "password": PASSWORD}
             stored = passwords.hash_password(PASSWORD)
+            # Failures are throttled per address after 5, so each failing login uses its own.
+            wrong = iter(range(logins))
+            for n in range(logins):
+                _expect(client.post("/signup", json={
+                    "email": f"w{n}@example.com", "password": PASSWORD,
+                    "display_name": "W"}), 201)
+            unknown = iter(range(logins))
             rows = [
                 ("GET /healthz (baseline)", timed(lambda: client.get("/healthz"), logins)),
                 ("argon2id verify alone", timed(
                     lambda: passwords.verify_password(stored, PASSWORD), logins)),
                 ("POST /login", timed(lambda: _expect(client.post("/login", json=body), 200),
                                       logins)),
+                ("POST /login, wrong password (401)", timed(lambda: _expect(client.post(
+                    "/login", json={"email": f"w{next(wrong)}@example.com",
+                                    "password": "not the password at all"}), 401), logins)),
+                ("POST /login, unknown email (401)", timed(lambda: _expect(client.post(
+                    "/login", json={"email": f"nobody{next(unknown)}@example.com",
+                                    "password": "not the password at all"}), 401), logins)),
             ]
         finally:
             clients.publisher().stop()

@@ -29,10 +29,11 @@ app = Router("auth", authenticate=authenticate, rate_limited=True)
 
 
 def _client(call: Call) -> tuple[str, str]:
-    from shared.ratelimit import caller_key
+    """User agent and client address, recorded on the session for the account's owner."""
+    from shared.ratelimit import client_ip
 
-    ip = caller_key(None, call.request.headers.get("X-Forwarded-For"), call.request.remote_addr)
-    return call.request.headers.get("User-Agent", ""), ip.removeprefix("ip:")
+    ip = client_ip(call.request.headers.get("X-Forwarded-For"), call.request.remote_addr)
+    return call.request.headers.get("User-Agent", ""), ip or ""
 
 
 @app.route("POST", "/signup", body=SIGNUP, summary="Create an account and sign in")

@@ -191,6 +191,8 @@ def test_delete_me_anonymizes_and_revokes(identity: Identity) -> None:
     assert identity.users.get("/me", headers=identity.bearer(other_session)).status_code == 401
     assert identity.auth.post("/login", json={"email": tokens["email"],
                                               "password": PASSWORD}).status_code == 401
+    events = identity.sql("SELECT payload FROM outbox WHERE topic = 'users.events'")
+    assert len(events) == 1 and b'"user.deleted"' in bytes(events[0][0])
     # The address is free again.
     identity.signup(email=tokens["email"])
 
