@@ -27,6 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from emulators.proc import exit_on_sigterm
+
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "a long and unusual passphrase"  # noqa: S105 - a benchmark account
 
@@ -166,6 +168,7 @@ def main() -> None:
     parser.add_argument("--logins", type=int, default=60)
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
+    exit_on_sigterm()  # a killed benchmark still stops its PostgreSQL
     from shared import passwords
 
     out = [f"Machine: {machine()}. argon2id m={passwords.MEMORY_KIB} KiB, "

@@ -31,6 +31,7 @@ from pathlib import Path
 import sqlalchemy
 
 from emulators.postgres import start_postgres
+from emulators.proc import exit_on_sigterm
 from shared.ratelimit import Limit, take
 
 TARGET_P99_MS = 5.0
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5,
                         help="scenarios run round-robin this many times, so drift hits all")
     args = parser.parse_args(argv)
+    exit_on_sigterm()  # a killed benchmark still stops its PostgreSQL
 
     with tempfile.TemporaryDirectory(prefix="bench-ratelimit-") as tmp:
         handle = start_postgres(Path(tmp))

@@ -26,6 +26,16 @@ class PrerequisiteMissing(RuntimeError):
     """Something the local cloud needs is not installed; the message says how to install it."""
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (what `timeout` and process managers send) into SystemExit, so `finally`
+    blocks run and servers this process started (in their own sessions) are stopped."""
+
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
 def free_port() -> int:
     """A port that is free on loopback right now (the OS picks it, so two stacks never collide)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
