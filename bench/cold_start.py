@@ -26,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench.machine import cpu_model, cpus
 from emulators.functions import REPO_ROOT, function_env, start_function
 from emulators.proc import LOOPBACK, StartupError, free_port
 from infra.topology import TOPOLOGY, Function, Trigger
@@ -120,12 +121,10 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def machine() -> dict[str, Any]:
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo
-                  if line.startswith("model name")), platform.processor() or "unknown")
+    model = cpu_model()
     meminfo = Path("/proc/meminfo").read_text().splitlines()
     mem_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu": model,
+    return {"nproc": cpus(), "cpu": model,
             "memory_gib": round(mem_kb / 1024**2, 1), "python": platform.python_version(),
             "functions_framework": metadata.version("functions-framework"),
             "gunicorn": metadata.version("gunicorn"),

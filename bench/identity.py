@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from bench.machine import summary
 from emulators.proc import exit_on_sigterm
 
 REPO = Path(__file__).resolve().parent.parent
@@ -156,11 +156,7 @@ def _rate(call: Callable[[], Any], seconds: float) -> float:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor())
-    return (f"{os.cpu_count()} CPU ({cpu}), Python {platform.python_version()}, "
-            f"{time.strftime('%Y-%m-%d')}")
+    return f"{summary()}, {time.strftime('%Y-%m-%d')}"
 
 
 def main() -> None:

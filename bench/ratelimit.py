@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import sqlalchemy
 
+from bench.machine import summary
 from emulators.postgres import start_postgres
 from emulators.proc import exit_on_sigterm
 from shared.ratelimit import Limit, take
@@ -124,12 +124,9 @@ def run(engine: sqlalchemy.Engine, name: str, op: Op, autocommit: bool, callers:
 
 
 def machine(engine: sqlalchemy.Engine, source: str) -> str:
-    model = next((line.split(":", 1)[1].strip()
-                  for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown")
     with engine.connect() as conn:
         server = str(conn.execute(sqlalchemy.text("SHOW server_version")).scalar_one())
-    return (f"{len(os.sched_getaffinity(0))} CPU ({model}), Python {platform.python_version()}, "
+    return (f"{summary()}, "
             f"PostgreSQL {server.split()[0]} ({source}, fsync off, loopback TCP), "
             f"SQLAlchemy {metadata.version('sqlalchemy')}, pg8000 {metadata.version('pg8000')}")
 
