@@ -68,6 +68,10 @@ class Bucket:
     name: str
     notification_topic: str | None = None
     notification_events: tuple[str, ...] = ("OBJECT_FINALIZE",)
+    # Objects land here until validated; whatever is left behind is deleted after this many days.
+    quarantine_prefix: str = "quarantine/"
+    quarantine_days: int = 1
+    browser_uploads: bool = True  # CORS for PUTs to signed URLs from the allowed origins
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,7 @@ TOPOLOGY = Topology(
             entry_point="users",
             description="Profiles (me) and user administration.",
             env=_TOKENS,
+            secrets=("CURSOR_SECRET",),
             public=True,
             roles=(*_DB_ROLES, _PUBLISHER),
             publishes=(USERS_TOPIC,),

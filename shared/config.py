@@ -47,6 +47,12 @@ class Settings:
     def is_production(self) -> bool:
         return self.environment in {"dev", "prod", "production", "staging"}
 
+    def require_cursor_secret(self) -> str:
+        """The pagination key; functions that paginate call this at start to fail fast."""
+        if not self.cursor_secret:
+            raise ConfigError("CURSOR_SECRET is required by this function")
+        return self.cursor_secret
+
     @property
     def has_database(self) -> bool:
         return bool(self.database_url or self.instance_connection_name)
@@ -78,7 +84,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         instance_connection_name=env.get("INSTANCE_CONNECTION_NAME") or None,
         db_user=env.get("DB_IAM_USER") or None,
         db_name=env.get("DB_NAME", "app"),
-        cursor_secret=env.get("CURSOR_SECRET", "local-cursor-secret"),
+        # Locally a fixed key; in production only functions that paginate get one (a secret).
+        cursor_secret=env.get("CURSOR_SECRET") or (
+            "" if environment not in {"local", "test"} else "local-cursor-secret"),
         jwt_issuer=env.get("JWT_ISSUER", "https://auth.local"),
         jwt_audience=env.get("JWT_AUDIENCE", "app"),
         jwt_jwks_url=env.get("JWT_JWKS_URL") or None,
@@ -105,7 +113,8 @@ def _check_production(settings: Settings) -> None:
         raise ConfigError("OIDC_ISSUER needs OIDC_JWKS_URL")
     if not settings.is_production:
         return
-    if settings.cursor_secret.strip().lower() in PLACEHOLDERS or "local" in settings.cursor_secret:
+    secret = settings.cursor_secret
+    if secret and (secret.strip().lower() in PLACEHOLDERS or "local" in secret or len(secret) < 16):
         raise ConfigError("CURSOR_SECRET must be a real secret in production")
     if settings.database_url and not settings.instance_connection_name:
         # Production reaches Cloud SQL through the connector with IAM auth, never by URL.

@@ -7,6 +7,7 @@ imported on first use, not at function import, to keep cold starts short.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -64,13 +65,17 @@ def _connector_creator() -> Any:
     def connect() -> Any:
         from google.cloud.sql.connector import IPTypes
 
+        # Functions sign in as their service account (IAM auth); the migration job, which
+        # owns the schema, as a built-in user with a password from Secret Manager.
+        password = os.environ.get("DB_PASSWORD")
         return _connector().connect(
             str(settings.instance_connection_name),
             "pg8000",
-            user=settings.db_user,
+            user=os.environ.get("DB_USER") if password else settings.db_user,
+            password=password,
             db=settings.db_name,
-            enable_iam_auth=True,
-            ip_type=IPTypes.PRIVATE,
+            enable_iam_auth=not password,
+            ip_type=IPTypes.PUBLIC if os.environ.get("DB_PUBLIC_IP") else IPTypes.PRIVATE,
         )
 
     return connect

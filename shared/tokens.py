@@ -106,3 +106,12 @@ def new_refresh_token() -> tuple[str, bytes]:
 
 def refresh_token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+if __name__ == "__main__":
+    # `python -m shared.tokens [CURRENT_KEYS_JSON]`: prints JWT_SIGNING_KEYS with a new key first
+    # (and the current ones after it, for a rotation), e.g. for `pulumi config set --secret`.
+    import sys
+
+    current = json.loads(sys.argv[1]) if len(sys.argv) > 1 else []
+    sys.stdout.write(json.dumps([generate_signing_key(), *current]) + "\n")

@@ -12,7 +12,8 @@ from shared.bootstrap import init
 from shared.http import Call, Router
 from shared.validation import Field, Schema
 
-init()
+settings = init()
+CURSOR_SECRET = settings.require_cursor_secret()  # fail at start, not on the first page
 
 PROFILE = Schema({
     "display_name": Field("string", min_length=1, max_length=64),
@@ -56,13 +57,11 @@ def delete_me(call: Call) -> None:
 @app.route("GET", "/users", role="admin", summary="Search users")
 def list_users(call: Call) -> dict[str, Any]:
     from shared import db, users
-    from shared.config import get_settings
     from shared.pagination import page_request
 
-    secret = get_settings().cursor_secret
-    request = page_request(call.args, secret)
+    request = page_request(call.args, CURSOR_SECRET)
     with db.transaction() as conn:
-        return users.list_users(conn, request, secret, call.args.get("q") or None)
+        return users.list_users(conn, request, CURSOR_SECRET, call.args.get("q") or None)
 
 
 @app.route("PUT", "/users/{user_id}/status", role="admin", body=STATUS,

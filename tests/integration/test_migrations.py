@@ -65,3 +65,43 @@ def test_migrations_from_zero_and_back(postgres: PostgresHandle,
 
     db.engine().dispose()
     clients.reset()
+
+
+def test_function_database_users_get_read_write_after_migrating(
+        postgres: PostgresHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the deploy's migration job does for the functions' Cloud SQL IAM users."""
+    from shared import clients, db, migrate
+
+    url = fresh_database(postgres)
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("APP_ENV", "test")
+    clients.reset()
+    migrate.upgrade()
+    user = "users-fn@unit-project.iam"
+    admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{user}') "
+            f"THEN CREATE ROLE \"{user}\" LOGIN PASSWORD 'pw'; END IF; END $$"))
+    with pytest.raises(RuntimeError, match="does not exist"):
+        migrate.grant_app_users(["nobody@unit-project.iam"])
+    migrate.grant_app_users([user])
+    migrate.grant_app_users([user])  # every deploy runs it again
+    # A table a later migration creates is covered by the default privileges.
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text("CREATE TABLE later (id int)"))
+    as_function = sqlalchemy.create_engine(
+        sqlalchemy.make_url(url).set(username=user, password="pw"))
+    try:
+        with as_function.begin() as conn:
+            conn.execute(sqlalchemy.text(
+                "INSERT INTO rate_limits (key, tokens, updated_at) VALUES ('k', 1, now())"))
+            conn.execute(sqlalchemy.text("INSERT INTO later VALUES (1)"))
+            assert conn.execute(sqlalchemy.text("SELECT count(*) FROM later")).scalar() == 1
+        with pytest.raises(sqlalchemy.exc.ProgrammingError), as_function.begin() as conn:
+            conn.execute(sqlalchemy.text("DROP TABLE later"))  # read-write, not owner
+    finally:
+        as_function.dispose()
+        admin.dispose()
+        db.engine().dispose()
+        clients.reset()

@@ -25,7 +25,8 @@ def test_local_settings_have_safe_defaults() -> None:
     ("env", "message"),
     [
         ({"APP_ENV": "prod"}, "GOOGLE_CLOUD_PROJECT"),
-        ({"APP_ENV": "prod", "GOOGLE_CLOUD_PROJECT": "p"}, "CURSOR_SECRET"),
+        ({"APP_ENV": "prod", "GOOGLE_CLOUD_PROJECT": "p", "CURSOR_SECRET": "short"},
+         "CURSOR_SECRET"),
         ({"APP_ENV": "prod", "GOOGLE_CLOUD_PROJECT": "p", "CURSOR_SECRET": "changeme"},
          "CURSOR_SECRET"),
         ({"APP_ENV": "prod", "GOOGLE_CLOUD_PROJECT": "p", "CURSOR_SECRET": "x" * 40,
@@ -37,6 +38,13 @@ def test_local_settings_have_safe_defaults() -> None:
 def test_production_fails_fast_on_bad_config(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(env)
+
+
+def test_cursor_secret_is_required_only_where_pagination_is_used() -> None:
+    settings = load_settings({"APP_ENV": "prod", "GOOGLE_CLOUD_PROJECT": "p"})
+    with pytest.raises(ConfigError, match="CURSOR_SECRET"):
+        settings.require_cursor_secret()
+    assert load_settings({"APP_ENV": "local"}).require_cursor_secret()
 
 
 def test_production_config_with_real_values_loads() -> None:

@@ -1,0 +1,208 @@
+"""The Pulumi program under Pulumi's mocks (no cloud, no CLI): everything in the manifest is
+declared, with the access rules the design requires."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+
+from infra import archive
+from infra.settings import secret_config_key
+from infra.topology import TOPOLOGY, Trigger
+
+PROJECT = "unit-project"
+SECRET_VALUES = {"JWT_SIGNING_KEYS": '[{"kid":"k","private_key_pem":"PEM-SENTINEL"}]',
+                 "CURSOR_SECRET": "cursor-secret-sentinel-0123456789",
+                 "DB_PASSWORD": "db-password-sentinel"}
+FUNCTION = "gcp:cloudfunctionsv2/function:Function"
+SUBSCRIPTION = "gcp:pubsub/subscription:Subscription"
+
+
+class Mocks(pulumi.runtime.Mocks):
+    """Records every resource; fills in the outputs the program reads."""
+
+    def __init__(self) -> None:
+        self.resources: list[pulumi.runtime.MockResourceArgs] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        self.resources.append(args)
+        outputs = dict(args.inputs)
+        if args.typ == "gcp:serviceaccount/account:Account":
+            email = f"{args.inputs['accountId']}@{PROJECT}.iam.gserviceaccount.com"
+            outputs |= {"email": email, "name": f"projects/{PROJECT}/serviceAccounts/{email}"}
+        elif args.typ == FUNCTION:
+            outputs["url"] = f"https://us-central1-{PROJECT}.cloudfunctions.net/{args.inputs['name']}"
+        elif args.typ == "gcp:sql/databaseInstance:DatabaseInstance":
+            outputs |= {"name": "postgres-1", "connectionName": f"{PROJECT}:us-central1:pg"}
+        outputs.setdefault("name", args.name)
+        return f"{args.name}-id", outputs
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+        if args.token == "gcp:organizations/getProject:getProject":
+            return {"number": "123456789"}
+        if args.token == "gcp:storage/getProjectServiceAccount:getProjectServiceAccount":
+            return {"emailAddress": "service-123456789@gs-project-accounts.iam.gserviceaccount.com"}
+        return {}
+
+    def of(self, typ: str) -> list[pulumi.runtime.MockResourceArgs]:
+        return [r for r in self.resources if r.typ == typ]
+
+
+@pytest.fixture(scope="module")
+def mocks(tmp_path_factory: pytest.TempPathFactory) -> Mocks:
+    from infra import program
+
+    recorder = Mocks()
+    pulumi.runtime.set_mocks(recorder, project="chat-rewards-apm", stack="unit", preview=False)
+    config = {"gcp:project": PROJECT, "gcp:region": "us-central1",
+              "chat-rewards-apm:allowedOrigins": json.dumps(["https://app.example.com"])}
+    secrets = {f"chat-rewards-apm:{secret_config_key(k)}": v for k, v in SECRET_VALUES.items()}
+    pulumi.runtime.set_all_config(config | secrets, secret_keys=list(secrets))
+    program.BUILD_DIR = tmp_path_factory.mktemp("build")
+
+    @pulumi.runtime.test
+    def run() -> None:
+        program.build()
+
+    run()
+    return recorder
+
+
+def _functions(mocks: Mocks) -> dict[str, dict[str, Any]]:
+    return {r.inputs["name"].replace("-", "_"): r.inputs for r in mocks.of(FUNCTION)}
+
+
+def test_every_manifest_function_is_deployed_with_its_entry_point(mocks: Mocks) -> None:
+    deployed = _functions(mocks)
+    assert set(deployed) == {f.name for f in TOPOLOGY.functions}
+    for function in TOPOLOGY.functions:
+        inputs = deployed[function.name]
+        assert inputs["buildConfig"]["entryPoint"] == function.entry_point
+        assert inputs["buildConfig"]["runtime"] == "python311"
+        service = inputs["serviceConfig"]
+        assert service["availableMemory"] == f"{function.memory_mb}M"
+        assert service["timeoutSeconds"] == function.timeout_s
+        assert service["maxInstanceRequestConcurrency"] == function.concurrency
+        assert service["maxInstanceCount"] == function.max_instances
+        assert service["serviceAccountEmail"].startswith(function.name.replace("_", "-"))
+
+
+def test_event_functions_get_push_subscriptions_with_oidc_and_dead_letters(mocks: Mocks) -> None:
+    subs = {r.inputs["name"]: r.inputs for r in mocks.of(SUBSCRIPTION) if "pushConfig" in r.inputs}
+    assert set(subs) == {s.name for s in TOPOLOGY.subscriptions}
+    for sub in TOPOLOGY.subscriptions:
+        inputs = subs[sub.name]
+        url = f"https://us-central1-{PROJECT}.cloudfunctions.net/{sub.function}"
+        assert inputs["pushConfig"]["pushEndpoint"] == url
+        assert inputs["pushConfig"]["oidcToken"]["serviceAccountEmail"].startswith("push-invoker@")
+        assert inputs["pushConfig"]["oidcToken"]["audience"] == url
+        assert inputs["deadLetterPolicy"]["deadLetterTopic"] == f"{sub.dead_letter_topic}-id"
+        assert inputs["deadLetterPolicy"]["maxDeliveryAttempts"] == sub.max_delivery_attempts
+        assert inputs["ackDeadlineSeconds"] == sub.ack_deadline_s
+    non_http = [f for f in TOPOLOGY.functions if f.trigger is not Trigger.HTTP]
+    assert {s.function for s in TOPOLOGY.subscriptions} == {f.name for f in non_http}
+
+
+def test_dead_lettering_has_the_iam_it_needs(mocks: Mocks) -> None:
+    agent = "serviceAccount:service-123456789@gcp-sa-pubsub.iam.gserviceaccount.com"
+    publishers = {r.inputs["topic"] for r in mocks.of("gcp:pubsub/topicIAMMember:TopicIAMMember")
+                  if r.inputs["member"] == agent and r.inputs["role"] == "roles/pubsub.publisher"}
+    assert {s.dead_letter_topic for s in TOPOLOGY.subscriptions} <= publishers
+    subscribers = [r for r in mocks.of("gcp:pubsub/subscriptionIAMMember:SubscriptionIAMMember")
+                   if r.inputs["member"] == agent]
+    assert len(subscribers) == len(TOPOLOGY.subscriptions)
+
+
+def test_only_functions_marked_public_are_public(mocks: Mocks) -> None:
+    invokers = {r.inputs["name"].replace("-", "_"): r.inputs["member"]
+                for r in mocks.of("gcp:cloudrunv2/serviceIamMember:ServiceIamMember")}
+    for function in TOPOLOGY.functions:
+        if function.public:
+            assert invokers[function.name] == "allUsers"
+        else:
+            assert invokers.get(function.name, "").startswith("serviceAccount:push-invoker@") \
+                or (function.trigger is Trigger.HTTP and function.name not in invokers)
+    assert list(invokers.values()).count("allUsers") == sum(f.public for f in TOPOLOGY.functions)
+
+
+def test_no_service_account_holds_a_primitive_role(mocks: Mocks) -> None:
+    roles = [r.inputs["role"] for r in mocks.resources if "role" in r.inputs]
+    assert roles and not {"roles/owner", "roles/editor", "roles/viewer"} & set(roles)
+    for function in TOPOLOGY.functions:
+        member_roles = {r.inputs["role"] for r in mocks.of("gcp:projects/iAMMember:IAMMember")
+                        if r.name.startswith(f"{function.name}-")}
+        assert member_roles == set(function.roles)
+
+
+def test_secrets_are_references_never_plain_values(mocks: Mocks) -> None:
+    deployed = _functions(mocks)
+    for function in TOPOLOGY.functions:
+        service = deployed[function.name]["serviceConfig"]
+        refs = {s["key"]: s for s in service.get("secretEnvironmentVariables", [])}
+        assert set(refs) == set(function.secrets)
+        assert all(ref["version"] == "latest" for ref in refs.values())
+    # The only places a secret value may go: its Secret Manager version, and the database
+    # password of the migration user (set once on the Cloud SQL user, from the same secret).
+    sinks = {"gcp:secretmanager/secretVersion:SecretVersion", "gcp:sql/user:User"}
+    plain = json.dumps([r.inputs for r in mocks.resources if r.typ not in sinks], default=str)
+    for value in SECRET_VALUES.values():
+        assert value not in plain, "a secret value appears outside Secret Manager"
+    versions = {r.name for r in mocks.of("gcp:secretmanager/secretVersion:SecretVersion")}
+    assert versions == {f"{k.lower().replace('_', '-')}-value" for k in SECRET_VALUES}
+
+
+def test_schedules_bucket_sql_firestore_and_outputs(mocks: Mocks) -> None:
+    jobs = {r.inputs["name"]: r.inputs for r in mocks.of("gcp:cloudscheduler/job:Job")}
+    assert set(jobs) == {s.name for s in TOPOLOGY.schedules}
+    for schedule in TOPOLOGY.schedules:
+        assert jobs[schedule.name]["schedule"] == schedule.cron
+        assert jobs[schedule.name]["timeZone"] == schedule.time_zone
+        assert jobs[schedule.name]["pubsubTarget"]["topicName"] == f"{schedule.topic}-id"
+    (bucket,) = [r.inputs for r in mocks.of("gcp:storage/bucket:Bucket")
+                 if r.name == TOPOLOGY.buckets[0].name]
+    assert bucket["uniformBucketLevelAccess"] is True
+    assert bucket["cors"][0]["origins"] == ["https://app.example.com"]
+    assert bucket["lifecycleRules"][0]["condition"]["matchesPrefixes"] == ["quarantine/"]
+    (notification,) = mocks.of("gcp:storage/notification:Notification")
+    assert notification.inputs["topic"] == f"{TOPOLOGY.buckets[0].notification_topic}-id"
+    (sql,) = mocks.of("gcp:sql/databaseInstance:DatabaseInstance")
+    assert sql.inputs["settings"]["backupConfiguration"]["enabled"] is True
+    assert {"name": "cloudsql.iam_authentication", "value": "on"} in \
+        sql.inputs["settings"]["databaseFlags"]
+    iam_users = [r for r in mocks.of("gcp:sql/user:User")
+                 if r.inputs.get("type") == "CLOUD_IAM_SERVICE_ACCOUNT"]
+    assert len(iam_users) == sum(f.needs_database for f in TOPOLOGY.functions)
+    assert mocks.of("gcp:firestore/database:Database")
+    (job,) = mocks.of("gcp:cloudrunv2/job:Job")
+    assert job.inputs["runExecutionToken"]  # runs on deploy, and the deploy waits for it
+    enabled = {r.inputs["service"] for r in mocks.of("gcp:projects/service:Service")}
+    assert {"cloudfunctions.googleapis.com", "run.googleapis.com", "pubsub.googleapis.com",
+            "sqladmin.googleapis.com", "secretmanager.googleapis.com"} <= enabled
+
+
+def test_source_archive_names_change_only_when_code_changes(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    (root / "functions/f").mkdir(parents=True)
+    (root / "shared").mkdir()
+    (root / "functions/f/main.py").write_text("x = 1\n")
+    (root / "shared/lib.py").write_text("y = 1\n")
+    (root / "requirements.txt").write_text("flask\n")
+    first = archive.build("f", "functions/f", tmp_path / "a", root)
+    again = archive.build("f", "functions/f", tmp_path / "b", root)
+    assert first.name == again.name
+    assert first.path.read_bytes() == again.path.read_bytes()  # reproducible
+    (root / "functions/f/__pycache__").mkdir()
+    (root / "functions/f/__pycache__/main.cpython-311.pyc").write_bytes(b"junk")
+    assert archive.build("f", "functions/f", tmp_path / "c", root).name == first.name
+    (root / "shared/lib.py").write_text("y = 2\n")
+    assert archive.build("f", "functions/f", tmp_path / "d", root).name != first.name
+
+
+def test_archive_holds_the_function_shared_and_requirements() -> None:
+    names = [name for name, _ in archive.entries("functions/auth")]
+    assert "main.py" in names and "requirements.txt" in names
+    assert "shared/auth.py" in names and not any("__pycache__" in n for n in names)
