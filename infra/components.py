@@ -12,7 +12,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from infra.archive import SourceArchive
-from infra.settings import StackSettings, secret_id
+from infra.settings import StackSettings, deployed_name, secret_id
 from infra.topology import Bucket, Function, Schedule, Subscription, Trigger
 
 PYTHON_RUNTIME = "python311"
@@ -90,7 +90,7 @@ class FunctionService(pulumi.ComponentResource):
             f"{function.name}-source", bucket=sources_bucket.name, name=archive.name,
             source=pulumi.FileAsset(str(archive.path)), opts=_opts(self))
         self.function = gcp.cloudfunctionsv2.Function(
-            function.name, name=function.name.replace("_", "-"), location=settings.region,
+            function.name, name=deployed_name(function.name), location=settings.region,
             description=function.description,
             build_config={
                 "runtime": PYTHON_RUNTIME,

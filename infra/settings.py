@@ -62,4 +62,10 @@ class StackSettings:
 
     def function_url(self, name: str) -> str:
         """The deterministic URL of a gen2 function (also the push OIDC audience)."""
-        return f"https://{self.region}-{self.project}.cloudfunctions.net/{name}"
+        return f"https://{self.region}-{self.project}.cloudfunctions.net/{deployed_name(name)}"
+
+
+def deployed_name(name: str) -> str:
+    """A manifest function's name on Google Cloud: gen2 functions are Cloud Run services,
+    whose names allow no underscores."""
+    return name.replace("_", "-")

@@ -75,7 +75,10 @@ def _connector_creator() -> Any:
             password=password,
             db=settings.db_name,
             enable_iam_auth=not password,
-            ip_type=IPTypes.PUBLIC if os.environ.get("DB_PUBLIC_IP") else IPTypes.PRIVATE,
+            # The connector authorizes and encrypts either way; PRIVATE needs the function on
+            # the instance's VPC (DB_IP_TYPE=private), PUBLIC needs no network setup.
+            ip_type=IPTypes.PRIVATE if os.environ.get("DB_IP_TYPE") == "private"
+            else IPTypes.PUBLIC,
         )
 
     return connect

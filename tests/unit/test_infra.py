@@ -11,7 +11,7 @@ import pulumi
 import pytest
 
 from infra import archive
-from infra.settings import secret_config_key
+from infra.settings import deployed_name, secret_config_key
 from infra.topology import TOPOLOGY, Trigger
 
 PROJECT = "unit-project"
@@ -96,7 +96,7 @@ def test_event_functions_get_push_subscriptions_with_oidc_and_dead_letters(mocks
     assert set(subs) == {s.name for s in TOPOLOGY.subscriptions}
     for sub in TOPOLOGY.subscriptions:
         inputs = subs[sub.name]
-        url = f"https://us-central1-{PROJECT}.cloudfunctions.net/{sub.function}"
+        url = f"https://us-central1-{PROJECT}.cloudfunctions.net/{deployed_name(sub.function)}"
         assert inputs["pushConfig"]["pushEndpoint"] == url
         assert inputs["pushConfig"]["oidcToken"]["serviceAccountEmail"].startswith("push-invoker@")
         assert inputs["pushConfig"]["oidcToken"]["audience"] == url
