@@ -157,6 +157,7 @@ DEAD_LETTER = "dead-letter"
 USERS_TOPIC = "users.events"  # user.status_changed, user.deleted
 LOGIN_TOPIC = "auth.logins"  # user.logged_in (login-streak rewards)
 SIGNUP_TOPIC = "auth.signups"  # user.signed_up (referral rewards)
+CHARACTERS_TOPIC = "characters.events"  # character.created (reward progress)
 # Identity settings shared by every function that verifies tokens.
 _TOKENS = {"JWT_ISSUER": "https://auth.chat-rewards-apm", "JWT_AUDIENCE": "chat-rewards-apm"}
 
@@ -188,6 +189,19 @@ TOPOLOGY = Topology(
             public=True,
             roles=(*_DB_ROLES, _PUBLISHER),
             publishes=(USERS_TOPIC,),
+            needs_database=True,
+            rate_limit="users",
+        ),
+        Function(
+            name="characters",
+            trigger=Trigger.HTTP,
+            entry_point="characters",
+            description="Characters: CRUD, search, Character Card V2 import and export.",
+            env=_TOKENS,
+            secrets=("CURSOR_SECRET",),
+            public=True,
+            roles=(*_DB_ROLES, _PUBLISHER),
+            publishes=(CHARACTERS_TOPIC,),
             needs_database=True,
             rate_limit="users",
         ),
@@ -231,6 +245,7 @@ TOPOLOGY = Topology(
         Topic(USERS_TOPIC, description="User status changes and deletions"),
         Topic(LOGIN_TOPIC, description="Successful logins"),
         Topic(SIGNUP_TOPIC, description="New accounts"),
+        Topic(CHARACTERS_TOPIC, description="Characters created"),
         Topic(DEAD_LETTER, external=True, description="Messages that exhausted delivery attempts"),
     ),
     subscriptions=(
