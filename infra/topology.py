@@ -206,6 +206,18 @@ TOPOLOGY = Topology(
             rate_limit="users",
         ),
         Function(
+            name="conversations",
+            trigger=Trigger.HTTP,
+            entry_point="conversations",
+            description="Conversations with characters and their messages.",
+            env=_TOKENS,
+            secrets=("CURSOR_SECRET",),
+            public=True,
+            roles=_DB_ROLES,
+            needs_database=True,
+            rate_limit="chat",
+        ),
+        Function(
             name="user_lifecycle",
             trigger=Trigger.TOPIC,
             entry_point="user_lifecycle",

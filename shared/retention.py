@@ -19,6 +19,7 @@ class PruneResult:
     idempotency_records: int
     outbox_rows: int
     rate_limit_buckets: int
+    deleted_users_cleaned: int = 0
 
 
 def _delete_in_batches(sql: str, params: dict[str, object]) -> int:
@@ -48,7 +49,32 @@ def prune_expired(outbox_retention: timedelta = OUTBOX_RETENTION) -> PruneResult
         "AND published_at < now() - make_interval(secs => :age) LIMIT :batch)",
         {"age": outbox_retention.total_seconds()})
     buckets = _prune_rate_limits()
-    return PruneResult(dedupe, idem, outbox, buckets)
+    return PruneResult(dedupe, idem, outbox, buckets, run_conversation_cleanup())
+
+
+def run_conversation_cleanup(limit: int = 100) -> int:
+    """Carry out pending `conversations` cleanup jobs of deleted users (user_lifecycle
+    schedules them): their conversations and messages are erased. One user per transaction;
+    a job already done is skipped, so reruns change nothing."""
+    import sqlalchemy
+
+    from shared.conversations import remove_user_conversations
+
+    done = 0
+    for _ in range(limit):
+        with db.transaction() as conn:
+            job = conn.execute(sqlalchemy.text(
+                "SELECT user_id FROM cleanup_jobs WHERE kind = 'conversations' "
+                "AND done_at IS NULL ORDER BY scheduled_at LIMIT 1 FOR UPDATE SKIP LOCKED")
+            ).first()
+            if job is None:
+                return done
+            remove_user_conversations(conn, str(job[0]))
+            conn.execute(sqlalchemy.text(
+                "UPDATE cleanup_jobs SET done_at = now() WHERE user_id = :u "
+                "AND kind = 'conversations'"), {"u": job[0]})
+            done += 1
+    return done
 
 
 def _prune_rate_limits() -> int:

@@ -21,9 +21,10 @@ def run_maintenance(message: PushMessage) -> None:
 
     result = prune_expired()
     log.info(
-        "pruned %d dedupe ids, %d idempotency records, %d outbox rows, %d rate-limit buckets",
+        "pruned %d dedupe ids, %d idempotency records, %d outbox rows, %d rate-limit buckets; "
+        "cleaned up %d deleted users",
         result.dedupe_ids, result.idempotency_records, result.outbox_rows,
-        result.rate_limit_buckets,
+        result.rate_limit_buckets, result.deleted_users_cleaned,
         extra={"pruned": vars(result)},
     )
 
