@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.errors import ValidationFailed
-from shared.validation import clean_string
+from shared.validation import clean_json, clean_string
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_CARD_BYTES = 2 * 1024 * 1024
@@ -74,6 +74,8 @@ def from_json(card: Any) -> Card:
     """A card from its JSON object: V2 (`spec: chara_card_v2`), V3's data block, or V1 flat."""
     if not isinstance(card, dict):
         raise _invalid("a card is a JSON object")
+    if not clean_json(card):  # a PNG's chunk skips the HTTP body's check
+        raise _invalid("it has a NUL character or invalid Unicode")
     spec = card.get("spec")
     if spec in ("chara_card_v2", "chara_card_v3"):
         data = card.get("data")
@@ -100,10 +102,26 @@ def from_json(card: Any) -> Card:
         character_version=_text(data, "character_version"),
         alternate_greetings=_texts(data, "alternate_greetings", MAX_GREETINGS,
                                    LIMITS["first_mes"]),
-        tags=tuple(t.strip().lower() for t in _texts(data, "tags", MAX_TAGS, MAX_TAG_LENGTH)
-                   if t.strip()),
+        tags=_tags(_texts(data, "tags", MAX_TAGS, MAX_TAG_LENGTH)),
         extensions=extensions,
     )
+
+
+def normalize_tags(tags: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Lower-cased, trimmed, de-duplicated, sorted; still within the length limit (some
+    letters grow when lower-cased: 'İ' becomes two characters)."""
+    out = sorted({t.strip().lower() for t in tags if t.strip()})
+    if any(len(t) > MAX_TAG_LENGTH for t in out):
+        raise ValidationFailed(f"tags must be at most {MAX_TAG_LENGTH} characters",
+                               errors=[{"field": "tags", "message": "a tag is too long"}])
+    return tuple(out)
+
+
+def _tags(tags: tuple[str, ...]) -> tuple[str, ...]:
+    try:
+        return normalize_tags(tags)
+    except ValidationFailed:
+        raise _invalid(f"tags must be at most {MAX_TAG_LENGTH} characters") from None
 
 
 def to_json(card: Card) -> dict[str, Any]:

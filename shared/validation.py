@@ -30,7 +30,7 @@ def parse_json(raw: bytes, what: str = "body", code: str = "invalid_json") -> An
         value = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadRequest(f"{what} is not valid JSON", code=code) from None
-    if not _clean_text(value):
+    if not clean_json(value):
         raise BadRequest(f"{what} has a NUL character or invalid Unicode", code=code)
     return value
 
@@ -46,7 +46,8 @@ def clean_string(text: str) -> bool:
     return True
 
 
-def _clean_text(value: Any) -> bool:
+def clean_json(value: Any) -> bool:
+    """True when every string (keys included) in a decoded JSON value is clean text."""
     stack = [value]
     while stack:
         item = stack.pop()

@@ -123,9 +123,18 @@ def export_card(call: Call) -> Any:
     card = characters.card_of(character)
     if fmt == "json":
         return cards.to_json(card)
-    filename = "".join(c for c in card.name if c.isalnum() or c in "-_ ")[:60] or "character"
-    return flask.Response(cards.to_png(card), mimetype="image/png", headers={
-        "Content-Disposition": f'attachment; filename="{filename}.png"'})
+    return flask.Response(cards.to_png(card), mimetype="image/png",
+                          headers={"Content-Disposition": _attachment(card.name, "png")})
+
+
+def _attachment(name: str, extension: str) -> str:
+    """Content-Disposition for any name: an ASCII fallback plus the UTF-8 name (RFC 6266)."""
+    from urllib.parse import quote
+
+    ascii_name = "".join(c for c in name if c.isascii() and (c.isalnum() or c in "-_ "))[:60]
+    fallback = (ascii_name.strip() or "character") + f".{extension}"
+    return (f'attachment; filename="{fallback}"; '
+            f"filename*=UTF-8''{quote(name[:60] + '.' + extension, safe='')}")
 
 
 def _id(call: Call) -> str:

@@ -139,3 +139,30 @@ def test_bad_input_is_4xx(identity: Identity, client: Any) -> None:
     assert client.get("/characters", headers=ann,
                       query_string={"cursor": "forged"}).status_code == 400
     assert client.post("/characters", json={"name": "x"}).status_code == 401
+
+
+def test_fuzz_findings_are_4xx(identity: Identity, client: Any) -> None:
+    ann = identity.bearer(identity.signup())
+    for name in ("Séraphine", "世界", "Ω-x"):
+        made = _create(client, ann, name=name, visibility="public")
+        png = client.get(f"/characters/{made['id']}/card", headers=ann,
+                         query_string={"format": "png"})
+        assert png.status_code == 200 and "filename*=UTF-8''" in png.headers[
+            "Content-Disposition"]
+    recent = client.get("/characters", headers=ann, query_string={"limit": 1}).json
+    mixed = client.get("/characters", headers=ann, query_string={
+        "limit": 1, "sort": "popular", "cursor": recent["nextCursor"]})
+    assert mixed.status_code == 400 and mixed.json["code"] == "invalid_cursor"
+    for bad in ({"name": "N", "extensions": {"x": "a\u0000b"}},
+                {"name": "N", "extensions": {"x": "\ud800"}},
+                {"name": "N", "tags": ["\u0130" * 40]}):
+        png = cards.to_png(cards.Card(name="placeholder"))
+        payload = __import__("base64").b64encode(json.dumps(bad).encode())
+        chunks = cards._chunks(png)
+        forged = cards.PNG_SIGNATURE + b"".join(
+            cards._chunk(k, b"chara\0" + payload if k == b"tEXt" else b) for k, b in chunks)
+        resp = client.post("/characters/import", headers=ann, data=forged,
+                           content_type="image/png")
+        assert resp.status_code == 422, bad
+    too_long = client.post("/characters", headers=ann, json={"name": "x", "tags": ["\u0130" * 40]})
+    assert too_long.status_code == 422
