@@ -1,0 +1,47 @@
+"""Characters and conversations on the local stack, over HTTP through the gateway."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+import requests
+
+from shared import cards
+from tests.unit.test_cards import V2
+
+pytestmark = pytest.mark.e2e
+
+
+def _url(stack: dict[str, Any], function: str, path: str) -> str:
+    return f"{stack['gateway_url']}/{function}{path}"
+
+
+def test_card_import_then_conversation(stack: dict[str, Any]) -> None:
+    signup = requests.post(_url(stack, "auth", "/signup"), timeout=10, json={
+        "email": f"chars-{uuid.uuid4().hex[:8]}@example.com",
+        "password": "a long and unusual passphrase", "display_name": "Cards"})
+    assert signup.status_code == 201
+    auth = {"Authorization": f"Bearer {signup.json()['access_token']}"}
+
+    png = cards.to_png(cards.from_json(V2))
+    imported = requests.post(_url(stack, "characters", "/characters/import?visibility=public"),
+                             data=png, headers=auth | {"Content-Type": "image/png"}, timeout=10)
+    assert imported.status_code == 201, imported.text
+    character = imported.json()
+    exported = requests.get(_url(stack, "characters", f"/characters/{character['id']}/card"),
+                            params={"format": "png"}, headers=auth, timeout=10)
+    assert exported.status_code == 200 and cards.from_png(exported.content).name == "Seraphina"
+
+    started = requests.post(_url(stack, "conversations", "/conversations"), headers=auth,
+                            json={"character_id": character["id"]}, timeout=10)
+    assert started.status_code == 201
+    messages = requests.get(
+        _url(stack, "conversations", f"/conversations/{started.json()['id']}/messages"),
+        headers=auth, timeout=10)
+    assert messages.status_code == 200
+    assert [m["content"] for m in messages.json()["items"]] == [V2["data"]["first_mes"]]
+    listed = requests.get(_url(stack, "characters", "/characters"), params={"sort": "popular"},
+                          headers=auth, timeout=10).json()["items"]
+    assert any(c["id"] == character["id"] and c["popularity"] == 1 for c in listed)
