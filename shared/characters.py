@@ -161,9 +161,6 @@ def search(conn: Connection, viewer: str, request: PageRequest, secret: str, *,
         params["tag"] = tag.strip().lower()
     order_column = "popularity" if sort == "popular" else "created_at"
     if request.position:
-        if request.position.get("s") != sort:
-            raise errors.BadRequest("this cursor belongs to another sort order",
-                                    code="invalid_cursor")
         if sort == "popular":
             clauses.append("(popularity, id) < (CAST(:k AS bigint), CAST(:id AS uuid))")
         else:
@@ -173,7 +170,7 @@ def search(conn: Connection, viewer: str, request: PageRequest, secret: str, *,
                              f"ORDER BY {order_column} DESC, id DESC LIMIT :limit"), params).all()
     key_field = "popularity" if sort == "popular" else "created_at"
     return page([_view(r) for r in rows], request, secret,
-                key=lambda c: {"s": sort, "k": c[key_field], "id": c["id"]})
+                key=lambda c: {"k": c[key_field], "id": c["id"]})
 
 
 def card_of(character: dict[str, Any]) -> cards.Card:

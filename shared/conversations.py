@@ -2,7 +2,8 @@
 list mine, rename, delete, read messages newest first, and search my messages.
 
 A conversation belongs to one user; anyone else gets 404. Writes check the account's
-restrictions (`shared.lifecycle`): inactive accounts' conversations are read-only.
+restrictions (`shared.lifecycle`): inactive accounts' conversations are read-only. Deleting
+stays allowed: a restricted user may still remove their own data.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def start(conn: Connection, user_id: str, character_id: str, title: str | None
         "INSERT INTO conversations (id, user_id, character_id, title) "
         "VALUES (:id, :user, :character, :title)"),
         {"id": conversation_id, "user": user_id, "character": character_id,
-         "title": (title or character[0])[:TITLE_MAX]})
+         "title": ((title or "").strip() or character[0])[:TITLE_MAX]})
     if character[1]:
         conn.execute(_sql(
             "INSERT INTO messages (id, conversation_id, role, content) "

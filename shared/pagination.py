@@ -34,7 +34,9 @@ def encode_cursor(position: dict[str, Any], secret: str) -> str:
 def decode_cursor(cursor: str, secret: str) -> dict[str, Any]:
     invalid = BadRequest("cursor is invalid or expired", code="invalid_cursor")
     payload, _, signature = cursor.partition(".")
-    if not payload or not hmac.compare_digest(_sign(secret, payload.encode()), signature):
+    # Compared as bytes: compare_digest refuses non-ASCII strings (a client may send any).
+    if not payload or not payload.isascii() or not hmac.compare_digest(
+            _sign(secret, payload.encode()).encode(), signature.encode("utf-8", "replace")):
         raise invalid
     try:
         raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
@@ -50,10 +52,15 @@ def decode_cursor(cursor: str, secret: str) -> dict[str, Any]:
 class PageRequest:
     limit: int
     position: dict[str, Any] | None
+    scope: str = ""  # what listing the cursor belongs to
 
 
-def page_request(args: dict[str, str], secret: str) -> PageRequest:
-    """Parse `limit` and `cursor` query parameters."""
+SCOPE_KEY = "@"
+
+
+def page_request(args: dict[str, str], secret: str, scope: str = "") -> PageRequest:
+    """Parse `limit` and `cursor` query parameters. A cursor works only for the listing
+    (`scope`) that issued it: another endpoint's or another sort's cursor is 400."""
     raw_limit = args.get("limit")
     limit = DEFAULT_LIMIT
     if raw_limit is not None:
@@ -64,12 +71,16 @@ def page_request(args: dict[str, str], secret: str) -> PageRequest:
         if not 1 <= limit <= MAX_LIMIT:
             raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}", code="invalid_limit")
     cursor = args.get("cursor")
-    return PageRequest(limit, decode_cursor(cursor, secret) if cursor else None)
+    position = decode_cursor(cursor, secret) if cursor else None
+    if position is not None and position.pop(SCOPE_KEY, None) != scope:
+        raise BadRequest("this cursor belongs to another listing", code="invalid_cursor")
+    return PageRequest(limit, position, scope)
 
 
 def page(items: list[Any], request: PageRequest, secret: str, key: Any) -> dict[str, Any]:
     """Shape a page: callers fetch `limit + 1` rows; `key(item)` gives the next position."""
     has_more = len(items) > request.limit
     items = items[: request.limit]
-    next_cursor = encode_cursor(key(items[-1]), secret) if has_more and items else None
+    next_cursor = (encode_cursor(key(items[-1]) | {SCOPE_KEY: request.scope}, secret)
+                   if has_more and items else None)
     return {"items": items, "nextCursor": next_cursor}

@@ -55,7 +55,7 @@ def search(call: Call) -> dict[str, Any]:
     if sort not in ("recent", "popular"):
         raise errors.BadRequest("sort must be recent or popular", code="invalid_sort")
     mine = args.get("mine", "false").lower() in ("1", "true", "yes")
-    request = page_request(args, CURSOR_SECRET)
+    request = page_request(args, CURSOR_SECRET, f"characters.{'mine' if mine else 'all'}.{sort}")
     with db.transaction() as conn:
         return characters.search(conn, call.principal.subject, request, CURSOR_SECRET,
                                  query=args.get("q") or None, tag=args.get("tag") or None,

@@ -40,7 +40,7 @@ def list_mine(call: Call) -> dict[str, Any]:
     from shared import conversations, db
     from shared.pagination import page_request
 
-    request = page_request(call.args, CURSOR_SECRET)
+    request = page_request(call.args, CURSOR_SECRET, "conversations.list")
     with db.transaction() as conn:
         return conversations.list_mine(conn, call.principal.subject, request, CURSOR_SECRET)
 
@@ -51,7 +51,7 @@ def search(call: Call) -> dict[str, Any]:
     from shared import conversations, db
     from shared.pagination import page_request
 
-    request = page_request(call.args, CURSOR_SECRET)
+    request = page_request(call.args, CURSOR_SECRET, "messages.search")
     with db.transaction() as conn:
         return conversations.search_messages(conn, call.principal.subject,
                                              call.args.get("q", ""), request, CURSOR_SECRET)
@@ -90,9 +90,10 @@ def messages(call: Call) -> dict[str, Any]:
     from shared import conversations, db
     from shared.pagination import page_request
 
-    request = page_request(call.args, CURSOR_SECRET)
+    conversation_id = _id(call)
+    request = page_request(call.args, CURSOR_SECRET, f"messages.{conversation_id}")
     with db.transaction() as conn:
-        return conversations.messages(conn, call.principal.subject, _id(call), request,
+        return conversations.messages(conn, call.principal.subject, conversation_id, request,
                                       CURSOR_SECRET)
 
 

@@ -59,7 +59,7 @@ def list_users(call: Call) -> dict[str, Any]:
     from shared import db, users
     from shared.pagination import page_request
 
-    request = page_request(call.args, CURSOR_SECRET)
+    request = page_request(call.args, CURSOR_SECRET, "users.list")
     with db.transaction() as conn:
         return users.list_users(conn, request, CURSOR_SECRET, call.args.get("q") or None)
 

@@ -142,3 +142,23 @@ def test_bad_input(identity: Identity, apps: tuple[Any, Any]) -> None:
     assert conversations.post("/conversations", headers=ann, json={
         "character_id": str(uuid.uuid4())}).status_code == 404
     assert conversations.get("/conversations/nope/messages", headers=ann).status_code == 404
+
+
+def test_cursors_belong_to_their_listing(identity: Identity, apps: tuple[Any, Any]) -> None:
+    characters, conversations = apps
+    ann = identity.bearer(identity.signup())
+    character = _character(characters, ann, greeting="")
+    first = conversations.post("/conversations", headers=ann,
+                               json={"character_id": character, "title": "  "}).json
+    assert first["title"] == "Mina"  # a blank title falls back to the character's name
+    second = conversations.post("/conversations", headers=ann,
+                                json={"character_id": character}).json
+    _add_messages(identity, first["id"], ["one", "two", "three"])
+    page1 = conversations.get(f"/conversations/{first['id']}/messages", headers=ann,
+                              query_string={"limit": 1}).json
+    for path in ("/conversations", f"/conversations/{second['id']}/messages"):
+        resp = conversations.get(path, headers=ann, query_string={"cursor": page1["nextCursor"]})
+        assert resp.status_code == 400 and resp.json["code"] == "invalid_cursor", path
+    for cursor in ("a.\u00e9", "\u00e9.abc", "\u00e9"):
+        resp = conversations.get("/conversations", headers=ann, query_string={"cursor": cursor})
+        assert resp.status_code == 400 and resp.json["code"] == "invalid_cursor"
