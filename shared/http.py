@@ -79,6 +79,11 @@ class Router:
         self.max_body_bytes = max_body_bytes
         self.routes: list[Route] = []
         self.route("GET", "/healthz", summary="Liveness and readiness")(self._health)
+        if flask.has_app_context():
+            # functions-framework loads the function inside its app's context. A request its
+            # catch-all rule cannot match (a newline in the path) would get Flask's HTML 404;
+            # route it through us instead, for a problem+json 404 with the trace headers.
+            flask.current_app.register_error_handler(404, lambda _error: self(flask.request))
 
     def route(
         self, method: str, path: str, *, role: str | None = None, body: Schema | None = None,

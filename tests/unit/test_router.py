@@ -188,3 +188,9 @@ def test_roles_are_enforced(client, signing_key) -> None:
 def test_deeply_nested_body_is_400(client) -> None:
     resp = client.post("/items", data="[" * 100_000, content_type="application/json")
     assert resp.status_code == 400 and resp.json["code"] == "invalid_json"
+
+
+def test_paths_the_framework_cannot_route_still_get_problem_json(client) -> None:
+    resp = client.get("/items/a%0Ab")
+    assert resp.status_code == 404 and resp.mimetype == PROBLEM_JSON
+    assert len(resp.headers["X-Trace-Id"]) == 32
