@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from shared import errors, passwords, tokens
 from shared.auth import USABLE_STATUSES, Principal
 from shared.events import Envelope
+from shared.validation import canonical_uuid
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -230,7 +231,4 @@ def _checked(claims: Principal, roles: list[str], status: str, user_id: str) -> 
 
 
 def _uuid_or_nil(value: str | None) -> str:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        return "00000000-0000-0000-0000-000000000000"
+    return canonical_uuid(value) or "00000000-0000-0000-0000-000000000000"

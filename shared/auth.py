@@ -13,7 +13,6 @@ from the database, so a role change applies to the next request.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -211,8 +210,10 @@ def authenticate(request: flask.Request) -> Principal:
 
 
 def parse_uuid(value: str, what: str = "id") -> str:
-    """A canonical UUID string, or 404-worthy garbage rejected before it reaches SQL."""
-    try:
-        return str(uuid.UUID(value))
-    except (ValueError, AttributeError):
-        raise errors.NotFound(f"no such {what}") from None
+    """A path id as a canonical UUID; anything else names nothing, so it is 404 (before SQL)."""
+    from shared.validation import canonical_uuid
+
+    canonical = canonical_uuid(value)
+    if canonical is None:
+        raise errors.NotFound(f"no such {what}")
+    return canonical

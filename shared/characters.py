@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from shared import cards, errors
 from shared.events import Envelope
 from shared.pagination import PageRequest, page
+from shared.validation import uuid_field
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -68,13 +69,7 @@ def _normalize(fields: dict[str, Any]) -> dict[str, Any]:
             raise errors.ValidationFailed("name must not be blank", errors=[
                 {"field": "name", "message": "must not be blank"}])
     if out.get("avatar_upload_id") is not None:
-        import uuid
-
-        try:
-            out["avatar_upload_id"] = str(uuid.UUID(out["avatar_upload_id"]))
-        except ValueError:
-            raise errors.ValidationFailed("invalid avatar", errors=[
-                {"field": "avatar_upload_id", "message": "must be a UUID"}]) from None
+        out["avatar_upload_id"] = uuid_field(out["avatar_upload_id"], "avatar_upload_id")
     return out
 
 

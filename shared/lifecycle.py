@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared import dedupe, errors
 from shared.events import Envelope
+from shared.validation import canonical_uuid
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -77,7 +78,7 @@ def apply(envelope: Envelope) -> bool:
     else:
         return False  # other user events (roles) need no lifecycle effect
     rule = _RULES.get(status)
-    user_id, version = _user_id(envelope.data.get("user_id")), envelope.data.get("version")
+    user_id, version = canonical_uuid(envelope.data.get("user_id")), envelope.data.get("version")
     if (rule is None or user_id is None or not isinstance(version, int)
             or isinstance(version, bool) or not 0 < version < 2**63):
         # Permanent: answered 422, so it goes to the dead-letter topic, not round and round.
@@ -104,15 +105,6 @@ def apply(envelope: Envelope) -> bool:
             return False
         _effects(conn, user_id, status)
         return True
-
-
-def _user_id(value: Any) -> str | None:
-    import uuid
-
-    try:
-        return str(uuid.UUID(value)) if isinstance(value, str) else None
-    except ValueError:
-        return None
 
 
 def _effects(conn: Connection, user_id: str, status: str) -> None:

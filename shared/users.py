@@ -10,6 +10,7 @@ from shared import errors
 from shared.auth import ROLES
 from shared.events import Envelope
 from shared.pagination import PageRequest, page
+from shared.validation import uuid_field
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -50,7 +51,7 @@ def update_profile(conn: Connection, user_id: str, changes: dict[str, Any]) -> d
     if "time_zone" in changes:
         _check_time_zone(changes["time_zone"])
     if "avatar_upload_id" in changes and changes["avatar_upload_id"] is not None:
-        changes["avatar_upload_id"] = _check_uuid(changes["avatar_upload_id"], "avatar_upload_id")
+        changes["avatar_upload_id"] = uuid_field(changes["avatar_upload_id"], "avatar_upload_id")
     allowed = ("display_name", "avatar_upload_id", "locale", "time_zone")
     fields = {k: v for k, v in changes.items() if k in allowed}
     if fields:
@@ -69,16 +70,6 @@ def _check_time_zone(name: str) -> None:
         raise errors.ValidationFailed("unknown time zone", code="validation_failed", errors=[
             {"field": "time_zone", "message": "must be an IANA time zone like Asia/Seoul"}
         ]) from None
-
-
-def _check_uuid(value: str, field: str) -> str:
-    import uuid
-
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise errors.ValidationFailed("invalid id", errors=[
-            {"field": field, "message": "must be a UUID"}]) from None
 
 
 def delete_account(tx: OutboxTransaction, user_id: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,24 @@ def clean_json(value: Any) -> bool:
         elif isinstance(item, list):
             stack.extend(item)
     return True
+
+
+def canonical_uuid(value: object) -> str | None:
+    """The canonical form of a UUID given as a string, or None when it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+def uuid_field(value: object, field: str) -> str:
+    """A UUID body field, or 422 naming the field."""
+    canonical = canonical_uuid(value)
+    if canonical is None:
+        raise ValidationFailed("invalid id", errors=[{"field": field, "message": "must be a UUID"}])
+    return canonical
 
 
 @dataclass(frozen=True)
