@@ -1,0 +1,91 @@
+"""Gemini calls against the Vertex AI stand-in through the real google-genai client: retries
+with backoff on 429/5xx/slow/malformed, a clean 503 when they run out, and a circuit breaker
+shared through PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from emulators.vertex_standin import VertexStandin
+from shared import clients, gemini
+
+SYSTEM = "You are Mina, a cheerful barista."
+CONTENTS = [{"role": "user", "parts": [{"text": "one latte please"}]}]
+
+
+@pytest.fixture
+def standin(platform_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+            ) -> Iterator[VertexStandin]:
+    server = VertexStandin(slow_s=2.0).start()
+    monkeypatch.setenv("GENAI_BASE_URL", server.url)
+    monkeypatch.setenv("GENAI_TIMEOUT_S", "0.5")
+    monkeypatch.setattr(gemini, "BACKOFF_BASE_S", 0.01)  # keep retries quick in tests
+    clients.reset()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _calls(server: VertexStandin) -> int:
+    return len(server.requests)
+
+
+def test_generate_returns_text_and_usage(standin: VertexStandin) -> None:
+    reply = gemini.generate(SYSTEM, CONTENTS)
+    assert reply.text == f"[{SYSTEM[:40]}] echo: one latte please"
+    assert reply.input_tokens > 0 and reply.output_tokens > 0 and reply.attempts == 1
+    body = standin.requests[-1]["body"]
+    assert {s["threshold"] for s in body["safetySettings"]} == {"BLOCK_MEDIUM_AND_ABOVE"}
+
+
+@pytest.mark.parametrize("fault", ["429", "500", "slow", "malformed"])
+def test_transient_faults_are_retried(standin: VertexStandin, fault: str) -> None:
+    standin.inject(fault, count=2)
+    reply = gemini.generate(SYSTEM, CONTENTS)
+    assert reply.attempts == 3 and reply.text.endswith("one latte please")
+    assert _calls(standin) == 3
+
+
+def test_exhausted_retries_are_a_clean_503(standin: VertexStandin) -> None:
+    standin.inject("500", count=3)
+    with pytest.raises(gemini.ModelUnavailable) as caught:
+        gemini.generate(SYSTEM, CONTENTS)
+    assert caught.value.status == 503 and caught.value.headers["Retry-After"]
+    assert _calls(standin) == 3  # at most two retries
+
+
+def test_breaker_opens_after_consecutive_failures_and_closes_on_success(
+        standin: VertexStandin, platform_env: dict[str, str]) -> None:
+    import sqlalchemy
+
+    standin.inject("500", count=3 * gemini.BREAKER_THRESHOLD)
+    for _ in range(gemini.BREAKER_THRESHOLD):
+        with pytest.raises(gemini.ModelUnavailable):
+            gemini.generate(SYSTEM, CONTENTS)
+    calls = _calls(standin)
+    with pytest.raises(gemini.ModelUnavailable) as caught:
+        gemini.generate(SYSTEM, CONTENTS)
+    assert caught.value.code == "model_circuit_open"
+    assert int(caught.value.headers["Retry-After"]) >= 1
+    assert _calls(standin) == calls  # the failing model was not called
+    standin.reset()
+    engine = sqlalchemy.create_engine(platform_env["DATABASE_URL"])
+    with engine.begin() as conn:  # the cool-down passes
+        conn.execute(sqlalchemy.text("UPDATE model_breakers SET open_until = now()"))
+    engine.dispose()
+    assert gemini.generate(SYSTEM, CONTENTS).attempts == 1  # the probe succeeds and closes it
+    gemini.generate(SYSTEM, CONTENTS)
+
+
+def test_stream_yields_deltas_then_the_reply(standin: VertexStandin) -> None:
+    standin.inject("429", count=1)  # before the first delta: retried
+    items = list(gemini.stream(SYSTEM, CONTENTS, safety_level="strict"))
+    *deltas, reply = items
+    assert isinstance(reply, gemini.Reply) and len(deltas) > 1
+    assert "".join(d for d in deltas if isinstance(d, str)) == reply.text
+    assert reply.attempts == 2 and reply.output_tokens > 0
+    body = standin.requests[-1]["body"]
+    assert {s["threshold"] for s in body["safetySettings"]} == {"BLOCK_LOW_AND_ABOVE"}
