@@ -158,6 +158,7 @@ USERS_TOPIC = "users.events"  # user.status_changed, user.deleted
 LOGIN_TOPIC = "auth.logins"  # user.logged_in (login-streak rewards)
 SIGNUP_TOPIC = "auth.signups"  # user.signed_up (referral rewards)
 CHARACTERS_TOPIC = "characters.events"  # character.created (reward progress)
+CHAT_TOPIC = "chat.turns"  # chat.turn_completed (reward progress)
 # Identity settings shared by every function that verifies tokens.
 _TOKENS = {"JWT_ISSUER": "https://auth.chat-rewards-apm", "JWT_AUDIENCE": "chat-rewards-apm"}
 
@@ -218,6 +219,21 @@ TOPOLOGY = Topology(
             rate_limit="chat",
         ),
         Function(
+            name="chat_turn",
+            trigger=Trigger.HTTP,
+            entry_point="chat_turn",
+            description="A chat turn with Gemini (JSON or SSE), and the daily token quota.",
+            env=_TOKENS,
+            memory_mb=512,
+            timeout_s=300,  # streamed replies; model calls retry within this
+            concurrency=40,
+            public=True,
+            roles=(*_DB_ROLES, _PUBLISHER, "roles/aiplatform.user"),
+            publishes=(CHAT_TOPIC,),
+            needs_database=True,
+            rate_limit="chat",
+        ),
+        Function(
             name="user_lifecycle",
             trigger=Trigger.TOPIC,
             entry_point="user_lifecycle",
@@ -258,6 +274,7 @@ TOPOLOGY = Topology(
         Topic(LOGIN_TOPIC, description="Successful logins"),
         Topic(SIGNUP_TOPIC, description="New accounts"),
         Topic(CHARACTERS_TOPIC, description="Characters created"),
+        Topic(CHAT_TOPIC, description="Chat turns completed"),
         Topic(DEAD_LETTER, external=True, description="Messages that exhausted delivery attempts"),
     ),
     subscriptions=(

@@ -1,0 +1,168 @@
+"""chat_turn: one turn of a conversation with Gemini, as JSON or as Server-Sent Events
+(`Accept: text/event-stream`), plus `GET /me/quota`. A client that disconnects mid-stream does
+not lose the reply: it is stored when complete and can be read from the conversation."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import flask
+import functions_framework
+
+from shared import context, errors
+from shared.auth import authenticate, parse_uuid
+from shared.bootstrap import init
+from shared.http import Call, Router, json_response
+from shared.validation import Field, Schema
+
+init()
+log = logging.getLogger("chat_turn")
+TURN = Schema({"message": Field("string", required=True, min_length=1, max_length=8000)})
+STREAM_WAIT_S = 120  # how long a stream keeps the request open to store an abandoned reply
+
+app = Router("chat_turn", authenticate=authenticate, rate_limited=True)
+
+
+@app.route("POST", "/conversations/{conversation_id}/turns", role="user", body=TURN,
+           summary="Send a message; get the character's reply (JSON or SSE)")
+def turn(call: Call) -> Any:
+    from shared import chat, db, idempotency
+
+    user = call.principal.subject
+    conversation_id = parse_uuid(call.params["conversation_id"], "conversation")
+    message = (call.body or {})["message"].strip()
+    if not message:
+        raise errors.ValidationFailed("message must not be blank", errors=[
+            {"field": "message", "message": "must not be blank"}])
+    key = call.request.headers.get("Idempotency-Key")
+    scope = f"chat_turn:{user}"
+    if key is not None:
+        stored = idempotency.begin(scope, key, idempotency.request_hash(
+            {"conversation": conversation_id, "message": message}))
+        if stored is not None:
+            return json_response(stored.body, stored.status, {"Idempotent-Replayed": "true"})
+    try:
+        with db.transaction() as conn:
+            ctx = chat.load(conn, user, conversation_id)
+            chat.require_quota(conn, user)
+        prepared = chat.prepare(ctx, message)
+        if "text/event-stream" in call.request.headers.get("Accept", ""):
+            return _stream(ctx, message, prepared, key, scope)
+        return _complete(ctx, message, prepared, key, scope), 201
+    except BaseException:
+        if key is not None:
+            idempotency.abandon(scope, key)
+        raise
+
+
+def _complete(ctx: Any, message: str, prepared: Any, key: str | None, scope: str
+              ) -> dict[str, Any]:
+    from shared import gemini
+
+    started = time.perf_counter()
+    reply = gemini.generate(prepared.prompt.system_instruction, prepared.prompt.contents,
+                            ctx.safety_level)
+    body = _store(ctx, message, prepared, reply, key, scope)
+    _log_turn(ctx, reply, time.perf_counter() - started, streamed=False)
+    return body
+
+
+def _store(ctx: Any, message: str, prepared: Any, reply: Any, key: str | None, scope: str
+           ) -> dict[str, Any]:
+    from shared import chat, idempotency, outbox
+
+    with outbox.transaction() as tx:
+        body = chat.store(tx, ctx, message, prepared, reply)
+        if key is not None:
+            idempotency.complete(tx.conn, scope, key, 201, body)
+    return body
+
+
+def _log_turn(ctx: Any, reply: Any, seconds: float, streamed: bool) -> None:
+    log.info("chat turn completed", extra={"turn": {
+        "conversationId": ctx.conversation_id, "model": reply.model, "attempts": reply.attempts,
+        "modelLatencyMs": round(seconds * 1000, 1), "inputTokens": reply.input_tokens,
+        "outputTokens": reply.output_tokens, "streamed": streamed, "outcome": "ok"}})
+
+
+def _sse(kind: str, data: Any) -> str:
+    return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False, default=str)}\n\n"
+
+
+def _stream(ctx: Any, message: str, prepared: Any, key: str | None, scope: str
+            ) -> flask.Response:
+    """Deltas as they come; then `done` with the stored message ids and usage. The model is
+    read by a worker thread, so a client that goes away does not stop the reply being stored;
+    the response waits for the worker, which keeps the instance's CPU allocated meanwhile."""
+    from shared import gemini, idempotency
+
+    gemini.check_breaker(gemini_model())  # a clean 503 before any byte is sent
+    events: queue.Queue[tuple[str, Any] | None] = queue.Queue()
+    trace = context.current()
+
+    def work() -> None:
+        started = time.perf_counter()
+        try:
+            reply = None
+            for item in gemini.stream(prepared.prompt.system_instruction,
+                                      prepared.prompt.contents, ctx.safety_level):
+                if isinstance(item, str):
+                    events.put(("delta", {"text": item}))
+                else:
+                    reply = item
+            assert reply is not None  # stream() always ends with the Reply
+            body = _store(ctx, message, prepared, reply, key, scope)
+            _log_turn(ctx, reply, time.perf_counter() - started, streamed=True)
+            events.put(("done", body))
+        except errors.AppError as exc:
+            if key is not None:
+                idempotency.abandon(scope, key)
+            events.put(("error", errors.problem(exc, trace.trace_id if trace else None)))
+        except Exception:
+            log.exception("streamed turn failed")
+            if key is not None:
+                idempotency.abandon(scope, key)
+            events.put(("error", errors.problem(errors.AppError(),
+                                                trace.trace_id if trace else None)))
+        finally:
+            events.put(None)
+
+    worker = threading.Thread(target=contextvars.copy_context().run, args=(work,),
+                              name="chat-stream", daemon=True)
+    worker.start()
+
+    def body() -> Iterator[str]:
+        try:
+            while (item := events.get()) is not None:
+                yield _sse(*item)
+        finally:
+            worker.join(timeout=STREAM_WAIT_S)
+
+    return flask.Response(body(), mimetype="text/event-stream",
+                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def gemini_model() -> str:
+    from shared.config import get_settings
+
+    return get_settings().genai_model
+
+
+@app.route("GET", "/me/quota", role="user", summary="Today's chat token quota")
+def my_quota(call: Call) -> dict[str, Any]:
+    from shared import chat, db
+
+    with db.transaction() as conn:
+        return chat.quota(conn, call.principal.subject)
+
+
+@functions_framework.http
+def chat_turn(request: flask.Request) -> flask.Response:
+    return app(request)
