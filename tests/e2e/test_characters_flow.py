@@ -45,3 +45,28 @@ def test_card_import_then_conversation(stack: dict[str, Any]) -> None:
     listed = requests.get(_url(stack, "characters", "/characters"), params={"sort": "popular"},
                           headers=auth, timeout=10).json()["items"]
     assert any(c["id"] == character["id"] and c["popularity"] == 1 for c in listed)
+
+
+def test_chat_turns_over_the_gateway_json_and_sse(stack: dict[str, Any]) -> None:
+    signup = requests.post(_url(stack, "auth", "/signup"), timeout=10, json={
+        "email": f"chat-{uuid.uuid4().hex[:8]}@example.com",
+        "password": "a long and unusual passphrase", "display_name": "Chatter"})
+    auth = {"Authorization": f"Bearer {signup.json()['access_token']}"}
+    character = requests.post(_url(stack, "characters", "/characters"), headers=auth, json={
+        "name": "Mina", "greeting": "Welcome!"}, timeout=10).json()
+    conversation = requests.post(_url(stack, "conversations", "/conversations"), headers=auth,
+                                 json={"character_id": character["id"]}, timeout=10).json()
+    turns = _url(stack, "chat_turn", f"/conversations/{conversation['id']}/turns")
+    answered = requests.post(turns, headers=auth, json={"message": "Hello there"}, timeout=30)
+    assert answered.status_code == 201, answered.text
+    assert answered.json()["reply"]["content"].endswith("echo: Hello there")
+
+    with requests.post(turns, headers=auth | {"Accept": "text/event-stream"},
+                       json={"message": "Stream it please"}, timeout=30, stream=True) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        lines = [line for line in resp.iter_lines(decode_unicode=True) if line]
+    kinds = [line.removeprefix("event: ") for line in lines if line.startswith("event: ")]
+    assert kinds[-1] == "done" and "delta" in kinds
+    quota = requests.get(_url(stack, "chat_turn", "/me/quota"), headers=auth, timeout=10).json()
+    assert quota["used"] > 0
