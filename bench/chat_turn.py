@@ -1,0 +1,149 @@
+"""Server-side overhead of a chat turn: wall time of `POST /conversations/{id}/turns` minus the
+model latency configured on the Vertex AI stand-in, at 1 and at N concurrent conversations, and
+time to the first streamed byte. Runs the real chat_turn function in-process (functions-framework
+app, router, auth, PostgreSQL, outbox publish to the Pub/Sub emulator, google-genai over HTTP to
+the stand-in); HTTP parsing by gunicorn is not included.
+
+    python -m bench.chat_turn [--turns 40] [--concurrency 20] [--model-latency-ms 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.machine import summary
+from emulators.proc import exit_on_sigterm
+
+REPO = Path(__file__).resolve().parent.parent
+PASSWORD = "a long and unusual passphrase"  # noqa: S105 - a benchmark account
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def _app(name: str) -> Any:
+    from functions_framework import create_app
+
+    return create_app(name, str(REPO / f"functions/{name}/main.py"))  # type: ignore[no-untyped-call]
+
+
+def _setup_conversations(count: int) -> list[tuple[dict[str, str], str]]:
+    auth, characters, conversations = (_app(n).test_client()
+                                       for n in ("auth", "characters", "conversations"))
+    out = []
+    for i in range(count):
+        tokens = auth.post("/signup", json={"email": f"bench{i}@example.com",
+                                            "password": PASSWORD, "display_name": "B"}).json
+        who = {"Authorization": f"Bearer {tokens['access_token']}",
+               "X-Forwarded-For": f"10.9.{i // 250}.{i % 250}"}
+        character = characters.post("/characters", headers=who, json={
+            "name": "Mina", "description": "A barista.", "greeting": "Welcome!"}).json
+        conversation = conversations.post("/conversations", headers=who,
+                                          json={"character_id": character["id"]}).json
+        out.append((who, conversation["id"]))
+    return out
+
+
+def _turns(conversations: list[tuple[dict[str, str], str]], turns: int, model_s: float,
+           stream: bool) -> tuple[list[float], list[float]]:
+    app = _app("chat_turn")
+    overheads: list[float] = []
+    first_bytes: list[float] = []
+    lock = threading.Lock()
+
+    def run(index: int) -> None:
+        client = app.test_client()
+        who, conversation = conversations[index % len(conversations)]
+        headers = who | ({"Accept": "text/event-stream"} if stream else {})
+        started = time.perf_counter()
+        resp = client.post(f"/conversations/{conversation}/turns", headers=headers,
+                           json={"message": f"Turn {index}: one latte please"}, buffered=False)
+        first = None
+        for _chunk in resp.response:
+            first = first or time.perf_counter()
+        resp.close()
+        total = time.perf_counter() - started
+        if resp.status_code not in (200, 201):
+            raise SystemExit(f"turn failed: {resp.status_code}")
+        with lock:
+            overheads.append((total - model_s) * 1000)
+            if stream and first is not None:
+                first_bytes.append((first - started) * 1000)
+
+    workers = len(conversations)
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(run, range(turns)))
+    return overheads, first_bytes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--turns", type=int, default=40, help="turns per scenario")
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--model-latency-ms", type=float, default=200.0)
+    args = parser.parse_args()
+    exit_on_sigterm()
+
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+    from emulators.bridge import ensure_topics
+    from emulators.postgres import start_postgres
+    from emulators.services import start_pubsub_emulator
+    from emulators.vertex_standin import VertexStandin
+    from infra.topology import TOPOLOGY
+    from shared import clients, migrate, tokens
+
+    model_s = args.model_latency_ms / 1000
+    with tempfile.TemporaryDirectory(prefix="bench-chat-") as tmp:
+        pg = start_postgres(Path(tmp))
+        pubsub = start_pubsub_emulator(Path(tmp), "bench")
+        standin = VertexStandin(latency_s=model_s).start()
+        try:
+            os.environ |= {"DATABASE_URL": pg.url, "APP_ENV": "local",
+                           "GOOGLE_CLOUD_PROJECT": "bench", "PUBSUB_EMULATOR_HOST": pubsub.host,
+                           "GENAI_BASE_URL": standin.url,
+                           "JWT_SIGNING_KEYS": json.dumps([tokens.generate_signing_key()])}
+            clients.reset()
+            ensure_topics(TOPOLOGY, "bench", pubsub_v1.PublisherClient())
+            migrate.upgrade()
+            conversations = _setup_conversations(args.concurrency)
+            _turns(conversations[:1], 3, model_s, stream=False)  # warm up imports and pools
+            rows = []
+            for label, pool, stream in (("1 conversation, JSON", conversations[:1], False),
+                                        (f"{args.concurrency} conversations, JSON",
+                                         conversations, False),
+                                        ("1 conversation, SSE", conversations[:1], True),
+                                        (f"{args.concurrency} conversations, SSE",
+                                         conversations, True)):
+                overhead, first = _turns(pool, args.turns, model_s, stream)
+                rows.append((label, overhead, first))
+        finally:
+            standin.stop()
+            clients.publisher().stop()
+            pubsub.stop()
+            pg.stop()
+    out = [f"Machine: {summary()}, {time.strftime('%Y-%m-%d')}. Stand-in model latency "
+           f"{args.model_latency_ms:g} ms; {args.turns} turns per row.", "",
+           "| scenario | overhead p50 | overhead p99 | first streamed byte p50 |",
+           "| --- | --- | --- | --- |"]
+    for label, overhead, first in rows:
+        ttfb = f"{statistics.median(first):.1f} ms" if first else "-"
+        out.append(f"| {label} | {statistics.median(overhead):.1f} ms "
+                   f"| {pct(overhead, 99):.1f} ms | {ttfb} |")
+    sys.stdout.write("\n".join(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()
