@@ -187,21 +187,30 @@ def stream(system_instruction: str, contents: Sequence[dict[str, Any]],
     (chunks, chunk), attempts = _with_retries(model, first_chunk)
     parts: list[str] = []
     tokens = (0, 0)
+    last = chunk
     try:
-        while True:
+        while chunk is not None:
+            last = chunk
             if chunk.text:
                 parts.append(chunk.text)
                 yield chunk.text
             if getattr(chunk, "usage_metadata", None) is not None:
                 tokens = _usage(chunk)
             chunk = next(chunks, None)
-            if chunk is None:
-                break
     except Exception as exc:
         # Mid-stream failure: no retry (the caller already has part of the text).
         record_outcome(model, ok=False)
         raise ModelUnavailable("the model stopped mid-reply; try again",
                                headers={"Retry-After": "5"}) from exc
+    if not parts:
+        # Nothing streamed: a safety block is the user's answer (422), anything else a fault;
+        # either way no empty reply is stored.
+        try:
+            _require_text(last)
+        except ValueError:
+            record_outcome(model, ok=False)
+            raise ModelUnavailable("the model returned an empty reply; try again",
+                                   headers={"Retry-After": "5"}) from None
     yield Reply("".join(parts), tokens[0], tokens[1], model, attempts)
 
 

@@ -164,3 +164,40 @@ def test_engine_without_a_database_is_a_clear_config_error() -> None:
     clients.reset()
     with pytest.raises(ConfigError, match="DATABASE_URL"):
         db.engine()
+
+
+class _Chunk:
+    def __init__(self, text=None, finish_reason=None, block_reason=None) -> None:
+        self.text = text
+        self.usage_metadata = None
+        self.candidates = [type("C", (), {"finish_reason": finish_reason})()] \
+            if finish_reason else []
+        self.prompt_feedback = type("F", (), {"block_reason": block_reason})() \
+            if block_reason else None
+
+
+class _FakeModels:
+    def __init__(self, chunks) -> None:
+        self.chunks = chunks
+
+    def generate_content_stream(self, **_kwargs):
+        return iter(self.chunks)
+
+
+@pytest.mark.parametrize(("chunks", "expected"), [
+    ([_Chunk(finish_reason="SAFETY")], "SafetyBlocked"),
+    ([_Chunk(block_reason="PROHIBITED_CONTENT")], "SafetyBlocked"),
+    ([_Chunk(text=None)], "ModelUnavailable"),
+])
+def test_stream_never_yields_an_empty_reply(monkeypatch, chunks, expected: str) -> None:
+    """A fake at our own boundary (the client getter), not a mock of google-genai's HTTP."""
+    from shared import clients, gemini
+
+    with monkeypatch.context() as patch:  # undone before the fixtures reset the clients
+        patch.setattr(clients, "genai_client",
+                      lambda: type("Client", (), {"models": _FakeModels(chunks)})())
+        patch.setattr(gemini, "check_breaker", lambda model: None)
+        patch.setattr(gemini, "record_outcome", lambda model, ok: None)
+        patch.setattr(gemini, "_config", lambda *args: None)
+        with pytest.raises(getattr(gemini, expected)):
+            list(gemini.stream("system", [{"role": "user", "parts": [{"text": "hi"}]}]))
