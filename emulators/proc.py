@@ -186,9 +186,3 @@ def pid_alive(pid: int) -> bool:
         return True
     fields = _stat_fields(Path(f"/proc/{pid}"))
     return fields is None or fields[0] != "Z"
-
-
-def port_open(port: int, host: str = LOOPBACK) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex((host, port)) == 0

@@ -7,6 +7,7 @@ changes or deletes a character. Creation emits `character.created` (reward progr
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from shared import cards, errors
@@ -85,11 +86,7 @@ def create(tx: OutboxTransaction, owner: str, fields: dict[str, Any],
     character_id = str(uuid.uuid4())
     columns = ["id", "owner_id", *values]
     params = values | {"id": character_id, "owner_id": owner}
-    extensions = "{}"
-    if card is not None:
-        import json
-
-        extensions = json.dumps(card.extensions)
+    extensions = json.dumps(card.extensions if card is not None else {})
     placeholders = ", ".join(f":{c}" for c in columns)
     tx.conn.execute(_sql(
         f"INSERT INTO characters ({', '.join(columns)}, extensions) "

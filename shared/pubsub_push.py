@@ -63,8 +63,19 @@ class PushMessage:
             raise errors.ValidationFailed("message data is not JSON", code="invalid_data") from None
 
 
+_PARSED = "app.push_body"  # the decoded delivery, kept on the request: decoded once
+
+
 def _delivery_body(request: flask.Request) -> dict[str, Any]:
-    """The `{message, subscription, deliveryAttempt}` object of any accepted delivery shape."""
+    """The `{message, subscription, deliveryAttempt}` object of any accepted delivery shape.
+    Decoded once per request (the trace source and the handler both need it)."""
+    cached = request.environ.get(_PARSED)
+    if cached is None:
+        cached = request.environ[_PARSED] = _decode_delivery(request)
+    return cached  # type: ignore[no-any-return]
+
+
+def _decode_delivery(request: flask.Request) -> dict[str, Any]:
     body = parse_json(request.get_data(cache=True) or b"null", "push body", "invalid_push")
     ce_type = request.headers.get("ce-type")
     if request.mimetype == "application/cloudevents+json" and isinstance(body, dict):
