@@ -58,6 +58,18 @@ def require_quota(conn: Connection, user_id: str) -> None:
 
 
 @dataclass(frozen=True)
+class Branch:
+    """Where a turn's new messages attach. A plain turn extends the active path; an edit adds a
+    sibling of an earlier user message; a regeneration adds a sibling of the last reply. What
+    they replace stays stored, inactive, and can be selected again."""
+
+    kind: str  # "turn", "edit" or "regenerate"
+    attach_to: str | None  # parent of the first new message
+    replaces_from_seq: int | None  # active messages from this seq on leave the active path
+    expected_tail: str | None  # the last active message when the turn was read
+
+
+@dataclass(frozen=True)
 class TurnContext:
     user_id: str
     user_name: str
@@ -66,39 +78,105 @@ class TurnContext:
     persona: prompt.Persona
     safety_level: str
     summary: str
+    summary_upto_seq: int
     history: tuple[prompt.Turn, ...]
     seqs: tuple[int, ...]  # seq of each history turn
+    branch: Branch
 
 
-def load(conn: Connection, user_id: str, conversation_id: str) -> TurnContext:
-    """The conversation (the caller's own), its character and the unsummarized history."""
+_CONVERSATION = (
+    "SELECT c.summary, c.summary_upto_seq, ch.id, ch.name, ch.description, ch.personality, "
+    "ch.scenario, ch.system_prompt, ch.example_dialogue, ch.post_history_instructions, "
+    "ch.safety_level, u.display_name FROM conversations c "
+    "JOIN characters ch ON ch.id = c.character_id JOIN users u ON u.id = c.user_id "
+    "WHERE c.id = CAST(:c AS uuid) AND c.user_id = CAST(:u AS uuid) AND c.deleted_at IS NULL")
+
+
+def _context(conn: Connection, user_id: str, conversation_id: str, cut_seq: int | None,
+             branch: Branch) -> TurnContext:
+    """The conversation (the caller's own), its character, and the active history before
+    `cut_seq`. A branch cut inside the summarized part cannot use the summary (it tells of
+    messages the branch replaces): such a turn starts from the full history again."""
     lifecycle.require_can_chat(conn, user_id)
-    row = conn.execute(_sql(
-        "SELECT c.summary, c.summary_upto_seq, ch.id, ch.name, ch.description, ch.personality, "
-        "ch.scenario, ch.system_prompt, ch.example_dialogue, ch.post_history_instructions, "
-        "ch.safety_level, u.display_name FROM conversations c "
-        "JOIN characters ch ON ch.id = c.character_id JOIN users u ON u.id = c.user_id "
-        "WHERE c.id = CAST(:c AS uuid) AND c.user_id = CAST(:u AS uuid) "
-        "AND c.deleted_at IS NULL"), {"c": conversation_id, "u": user_id}).first()
+    row = conn.execute(_sql(_CONVERSATION), {"c": conversation_id, "u": user_id}).first()
     if row is None:
         raise errors.NotFound("no such conversation", code="conversation_not_found")
+    summary, upto = row[0], int(row[1])
+    if cut_seq is not None and cut_seq <= upto:
+        summary, upto = "", 0
     messages = conn.execute(_sql(
         "SELECT id, role, content, seq FROM messages WHERE conversation_id = CAST(:c AS uuid) "
-        "AND active AND role IN ('user', 'assistant') AND seq > :upto ORDER BY seq"),
-        {"c": conversation_id, "upto": row[1]}).all()
+        "AND active AND role IN ('user', 'assistant') AND seq > :upto AND seq < :cut "
+        "ORDER BY seq"),
+        {"c": conversation_id, "upto": upto,
+         "cut": cut_seq if cut_seq is not None else 2**63 - 1}).all()
     persona = prompt.Persona(name=row[3], description=row[4], personality=row[5],
                              scenario=row[6], system_prompt=row[7], example_dialogue=row[8],
                              post_history_instructions=row[9])
     return TurnContext(user_id, row[11], conversation_id, str(row[2]), persona, row[10],
-                       row[0], tuple(prompt.Turn(str(m[0]), m[1], m[2]) for m in messages),
-                       tuple(int(m[3]) for m in messages))
+                       summary, upto,
+                       tuple(prompt.Turn(str(m[0]), m[1], m[2]) for m in messages),
+                       tuple(int(m[3]) for m in messages), branch)
+
+
+def _tail(conn: Connection, conversation_id: str) -> Any:
+    """The last message of the active path: (id, parent_id, role, content, seq)."""
+    return conn.execute(_sql(
+        "SELECT id, parent_id, role, content, seq FROM messages "
+        "WHERE conversation_id = CAST(:c AS uuid) AND active ORDER BY seq DESC LIMIT 1"),
+        {"c": conversation_id}).first()
+
+
+def load(conn: Connection, user_id: str, conversation_id: str) -> TurnContext:
+    """A plain turn: the new message extends the active path."""
+    tail = _tail(conn, conversation_id)
+    tail_id = str(tail[0]) if tail else None
+    return _context(conn, user_id, conversation_id, None,
+                    Branch("turn", tail_id, None, tail_id))
+
+
+def load_edit(conn: Connection, user_id: str, conversation_id: str, message_id: str
+              ) -> TurnContext:
+    """An edit of a user message on the active path: the edited text becomes a sibling of it,
+    and the conversation continues from there."""
+    ctx = load(conn, user_id, conversation_id)  # ownership and account checks first
+    target = conn.execute(_sql(
+        "SELECT parent_id, seq, role, active FROM messages "
+        "WHERE id = CAST(:m AS uuid) AND conversation_id = CAST(:c AS uuid)"),
+        {"m": message_id, "c": conversation_id}).first()
+    if target is None:
+        raise errors.NotFound("no such message", code="message_not_found")
+    if target[2] != "user" or not target[3]:
+        raise errors.Conflict("only a user message on the active path can be edited",
+                              code="message_not_editable")
+    parent = str(target[0]) if target[0] else None
+    return _context(conn, user_id, conversation_id, int(target[1]),
+                    Branch("edit", parent, int(target[1]), ctx.branch.expected_tail))
+
+
+def load_regenerate(conn: Connection, user_id: str, conversation_id: str
+                    ) -> tuple[TurnContext, str]:
+    """A new reply to the last user message, kept beside the old one. Returns the context and
+    the user message the reply answers."""
+    load(conn, user_id, conversation_id)  # ownership and account checks first
+    tail = _tail(conn, conversation_id)
+    question = None
+    if tail is not None and tail[2] == "assistant" and tail[1] is not None:
+        question = conn.execute(_sql(
+            "SELECT id, role, content, seq FROM messages WHERE id = :p"), {"p": tail[1]}).first()
+    if question is None or question[1] != "user":
+        raise errors.Conflict("the last message is not a reply to a user message",
+                              code="nothing_to_regenerate")
+    return (_context(conn, user_id, conversation_id, int(question[3]),
+                     Branch("regenerate", str(question[0]), int(tail[4]), str(tail[0]))),
+            question[2])
 
 
 @dataclass(frozen=True)
 class Prepared:
     prompt: prompt.Prompt
     summary: str
-    summary_upto_seq: int | None  # set when older turns were folded this turn
+    summary_upto_seq: int  # the last message the summary covers after this turn
     fold_tokens: int
 
 
@@ -108,7 +186,7 @@ def prepare(ctx: TurnContext, message: str) -> Prepared:
     built = prompt.build_prompt(ctx.persona, ctx.user_name, ctx.summary, ctx.history, message,
                                 budget)
     if not built.dropped:
-        return Prepared(built, ctx.summary, None, 0)
+        return Prepared(built, ctx.summary, ctx.summary_upto_seq, 0)
     request = prompt.fold_request(ctx.summary, built.dropped, ctx.persona.name, ctx.user_name)
     folded = gemini.generate("You write concise story summaries.",
                              [{"role": "user", "parts": [{"text": request}]}],
@@ -121,15 +199,34 @@ def prepare(ctx: TurnContext, message: str) -> Prepared:
 
 
 def store(tx: Any, ctx: TurnContext, message: str, prepared: Prepared, reply: gemini.Reply
-          ) -> dict[str, Any]:
-    """The user's message and the reply, the summary, usage and the event: one transaction."""
+          ) -> dict[str, Any] | None:
+    """The new messages, the summary, usage and the event: one transaction. Returns None when
+    another turn changed the conversation since this one was read (nothing but the usage is
+    stored then: the tokens were spent)."""
     conn = tx.conn
-    user_message, reply_message = str(uuid.uuid4()), str(uuid.uuid4())
-    parent = ctx.history[-1].id if ctx.history else None
+    tokens = reply.input_tokens + reply.output_tokens + prepared.fold_tokens
     conn.execute(_sql(
-        "INSERT INTO messages (id, conversation_id, parent_id, role, content) "
-        "VALUES (:id, :c, :p, 'user', :t)"),
-        {"id": user_message, "c": ctx.conversation_id, "p": parent, "t": message})
+        "INSERT INTO token_usage (user_id, day, tokens) VALUES "
+        "(CAST(:u AS uuid), (now() AT TIME ZONE 'UTC')::date, :t) "
+        "ON CONFLICT (user_id, day) DO UPDATE SET tokens = token_usage.tokens + :t"),
+        {"u": ctx.user_id, "t": tokens})
+    conn.execute(_sql("SELECT 1 FROM conversations WHERE id = CAST(:c AS uuid) FOR UPDATE"),
+                 {"c": ctx.conversation_id})  # turns on one conversation commit one at a time
+    tail = _tail(conn, ctx.conversation_id)
+    if (str(tail[0]) if tail else None) != ctx.branch.expected_tail:
+        return None
+    branch = ctx.branch
+    if branch.replaces_from_seq is not None:
+        conn.execute(_sql(
+            "UPDATE messages SET active = false WHERE conversation_id = CAST(:c AS uuid) "
+            "AND active AND seq >= :s"), {"c": ctx.conversation_id, "s": branch.replaces_from_seq})
+    user_message = branch.attach_to if branch.kind == "regenerate" else str(uuid.uuid4())
+    if branch.kind != "regenerate":
+        conn.execute(_sql(
+            "INSERT INTO messages (id, conversation_id, parent_id, role, content) "
+            "VALUES (:id, :c, :p, 'user', :t)"),
+            {"id": user_message, "c": ctx.conversation_id, "p": branch.attach_to, "t": message})
+    reply_message = str(uuid.uuid4())
     conn.execute(_sql(
         "INSERT INTO messages (id, conversation_id, parent_id, role, content, input_tokens, "
         "output_tokens) VALUES (:id, :c, :p, 'assistant', :t, :i, :o)"),
@@ -137,19 +234,15 @@ def store(tx: Any, ctx: TurnContext, message: str, prepared: Prepared, reply: ge
          "i": reply.input_tokens, "o": reply.output_tokens})
     conn.execute(_sql(
         "UPDATE conversations SET last_message_at = now(), updated_at = now(), summary = :s, "
-        "summary_upto_seq = COALESCE(:upto, summary_upto_seq) WHERE id = CAST(:c AS uuid)"),
+        "summary_upto_seq = :upto WHERE id = CAST(:c AS uuid)"),
         {"s": prepared.summary, "upto": prepared.summary_upto_seq, "c": ctx.conversation_id})
-    tokens = reply.input_tokens + reply.output_tokens + prepared.fold_tokens
-    conn.execute(_sql(
-        "INSERT INTO token_usage (user_id, day, tokens) VALUES "
-        "(CAST(:u AS uuid), (now() AT TIME ZONE 'UTC')::date, :t) "
-        "ON CONFLICT (user_id, day) DO UPDATE SET tokens = token_usage.tokens + :t"),
-        {"u": ctx.user_id, "t": tokens})
     tx.emit(CHAT_TOPIC, Envelope("chat.turn_completed", {
         "user_id": ctx.user_id, "character_id": ctx.character_id,
         "conversation_id": ctx.conversation_id, "message_id": reply_message,
-        "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens}))
-    return {"conversation_id": ctx.conversation_id, "user_message_id": user_message,
+        "kind": branch.kind, "input_tokens": reply.input_tokens,
+        "output_tokens": reply.output_tokens}))
+    return {"conversation_id": ctx.conversation_id, "kind": branch.kind,
+            "user_message_id": user_message,
             "reply": {"id": reply_message, "role": "assistant", "content": reply.text,
                       "parent_id": user_message},
             "usage": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens,

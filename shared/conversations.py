@@ -38,7 +38,8 @@ def _conversation(row: Any) -> dict[str, Any]:
 def _message(row: Any) -> dict[str, Any]:
     return {"id": str(row[0]), "conversation_id": str(row[1]),
             "parent_id": str(row[2]) if row[2] else None, "role": row[3], "content": row[4],
-            "created_at": row[5].isoformat(), "seq": row[6]}
+            "created_at": row[5].isoformat(), "seq": row[6], "active": row[7],
+            "alternatives": row[8]}
 
 
 def start(conn: Connection, user_id: str, character_id: str, title: str | None
@@ -46,7 +47,7 @@ def start(conn: Connection, user_id: str, character_id: str, title: str | None
     """A new conversation; the character's greeting is its first message."""
     lifecycle.require_can_chat(conn, user_id)
     character = conn.execute(_sql(
-        "SELECT name, greeting, visibility, owner_id FROM characters "
+        "SELECT name, greeting, visibility, owner_id, alternate_greetings FROM characters "
         "WHERE id = CAST(:id AS uuid) AND deleted_at IS NULL"), {"id": character_id}).first()
     if character is None or (character[2] == "private" and str(character[3]) != user_id):
         raise errors.NotFound("no such character", code="character_not_found")
@@ -56,11 +57,15 @@ def start(conn: Connection, user_id: str, character_id: str, title: str | None
         "VALUES (:id, :user, :character, :title)"),
         {"id": conversation_id, "user": user_id, "character": character_id,
          "title": ((title or "").strip() or character[0])[:TITLE_MAX]})
-    if character[1]:
+    # The greeting opens the conversation; alternate greetings are its inactive siblings, so
+    # a client can swipe to one (select it) before the first turn.
+    greetings = [g for g in [character[1], *(character[4] or [])] if g]
+    for position, greeting in enumerate(greetings):
         conn.execute(_sql(
-            "INSERT INTO messages (id, conversation_id, role, content) "
-            "VALUES (:id, :conversation, 'assistant', :content)"),
-            {"id": str(uuid.uuid4()), "conversation": conversation_id, "content": character[1]})
+            "INSERT INTO messages (id, conversation_id, role, content, active) "
+            "VALUES (:id, :conversation, 'assistant', :content, :active)"),
+            {"id": str(uuid.uuid4()), "conversation": conversation_id, "content": greeting,
+             "active": position == 0})
     conn.execute(_sql("UPDATE characters SET popularity = popularity + 1 "
                       "WHERE id = CAST(:id AS uuid)"), {"id": character_id})
     return get(conn, user_id, conversation_id)
@@ -115,8 +120,14 @@ def list_mine(conn: Connection, user_id: str, request: PageRequest, secret: str
                 key=lambda c: {"ts": c["last_message_at"], "id": c["id"]})
 
 
-_MESSAGE = ("SELECT m.id, m.conversation_id, m.parent_id, m.role, m.content, m.created_at, "
-            "m.seq FROM messages m")
+# `alternatives` counts the message's siblings and itself: regenerated replies, edited user
+# messages, alternate greetings. A client shows "2 of 3" and swipes by selecting another.
+_MESSAGE = (
+    "SELECT m.id, m.conversation_id, m.parent_id, m.role, m.content, m.created_at, m.seq, "
+    "m.active, CASE WHEN m.parent_id IS NULL THEN (SELECT count(*) FROM messages s "
+    "WHERE s.conversation_id = m.conversation_id AND s.parent_id IS NULL) "
+    "ELSE (SELECT count(*) FROM messages s WHERE s.parent_id = m.parent_id) END "
+    "FROM messages m")
 
 
 def messages(conn: Connection, user_id: str, conversation_id: str, request: PageRequest,
@@ -151,6 +162,72 @@ def search_messages(conn: Connection, user_id: str, text: str, request: PageRequ
                         params).all()
     return page([_message(r) for r in rows], request, secret,
                 key=lambda m: {"before": m["seq"]})
+
+
+def _sibling_filter(parent_id: Any) -> str:
+    return "parent_id IS NULL" if parent_id is None else "parent_id = CAST(:parent AS uuid)"
+
+
+def alternatives(conn: Connection, user_id: str, conversation_id: str, message_id: str
+                 ) -> dict[str, Any]:
+    """A message and its siblings, oldest first, the active one marked. Reading them changes
+    nothing; selecting one is `select`."""
+    _owned(conn, user_id, conversation_id)
+    target = _find_message(conn, conversation_id, message_id)
+    rows = conn.execute(_sql(
+        f"{_MESSAGE} WHERE m.conversation_id = CAST(:c AS uuid) AND "
+        f"m.{_sibling_filter(target[0])} ORDER BY m.seq"),
+        {"c": conversation_id, "parent": target[0]}).all()
+    items = [_message(r) for r in rows]
+    active = next((i for i, m in enumerate(items) if m["active"]), None)
+    return {"items": items, "active_index": active}
+
+
+def _find_message(conn: Connection, conversation_id: str, message_id: str) -> Any:
+    row = conn.execute(_sql(
+        "SELECT parent_id, seq, active FROM messages WHERE id = CAST(:m AS uuid) "
+        "AND conversation_id = CAST(:c AS uuid)"), {"m": message_id, "c": conversation_id}).first()
+    if row is None:
+        raise errors.NotFound("no such message", code="message_not_found")
+    return row
+
+
+def select(conn: Connection, user_id: str, conversation_id: str, message_id: str
+           ) -> dict[str, Any]:
+    """Make an alternative the active one: the branch it replaces leaves the active path and
+    the chosen message's own latest continuation joins it. The conversation continues from
+    there on the next turn."""
+    _owned(conn, user_id, conversation_id)
+    if lifecycle.restrictions(conn, user_id).conversations_read_only:
+        raise errors.Forbidden("conversations are read-only for this account",
+                               code="conversations_read_only")
+    conn.execute(_sql("SELECT 1 FROM conversations WHERE id = CAST(:c AS uuid) FOR UPDATE"),
+                 {"c": conversation_id})  # serialized with turns on this conversation
+    parent, _, active = _find_message(conn, conversation_id, message_id)
+    if not active:
+        current = conn.execute(_sql(
+            f"SELECT seq FROM messages WHERE conversation_id = CAST(:c AS uuid) AND active "
+            f"AND {_sibling_filter(parent)}"), {"c": conversation_id, "parent": parent}).first()
+        if current is None:
+            raise errors.Conflict("the message is not an alternative on the active path",
+                                  code="not_on_active_path")
+        # The active path is one chain ordered by seq: from the replaced sibling on, every
+        # active message descends from it.
+        conn.execute(_sql(
+            "UPDATE messages SET active = false WHERE conversation_id = CAST(:c AS uuid) "
+            "AND active AND seq >= :s"), {"c": conversation_id, "s": current[0]})
+        conn.execute(_sql(
+            "WITH RECURSIVE chain (id) AS (SELECT CAST(:m AS uuid) UNION ALL "
+            "SELECT (SELECT k.id FROM messages k WHERE k.parent_id = chain.id "
+            "ORDER BY k.seq DESC LIMIT 1) FROM chain WHERE chain.id IS NOT NULL) "
+            "UPDATE messages SET active = true WHERE id IN (SELECT id FROM chain)"),
+            {"m": message_id})
+        # A summary that tells of the replaced branch no longer fits: rebuild it next turn.
+        conn.execute(_sql(
+            "UPDATE conversations SET summary = '', summary_upto_seq = 0, updated_at = now() "
+            "WHERE id = CAST(:c AS uuid) AND summary_upto_seq >= :s"),
+            {"c": conversation_id, "s": current[0]})
+    return alternatives(conn, user_id, conversation_id, message_id)
 
 
 def remove_user_conversations(conn: Connection, user_id: str) -> int:

@@ -10,7 +10,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flask
@@ -33,24 +33,60 @@ app = Router("chat_turn", authenticate=authenticate, rate_limited=True)
 @app.route("POST", "/conversations/{conversation_id}/turns", role="user", body=TURN,
            summary="Send a message; get the character's reply (JSON or SSE)")
 def turn(call: Call) -> Any:
+    from shared import chat
+
+    message = _message(call)
+    return _run(call, {"message": message},
+                lambda conn, user, conversation: (chat.load(conn, user, conversation), message))
+
+
+@app.route("POST", "/conversations/{conversation_id}/messages/{message_id}/edit", role="user",
+           body=TURN, summary="Edit a user message; the conversation branches from there")
+def edit(call: Call) -> Any:
+    from shared import chat
+
+    message = _message(call)
+    message_id = parse_uuid(call.params["message_id"], "message")
+    return _run(call, {"edit": message_id, "message": message},
+                lambda conn, user, conversation: (
+                    chat.load_edit(conn, user, conversation, message_id), message))
+
+
+@app.route("POST", "/conversations/{conversation_id}/regenerate", role="user",
+           summary="A new reply to the last message, kept beside the old one")
+def regenerate(call: Call) -> Any:
+    from shared import chat
+
+    return _run(call, {"regenerate": True}, chat.load_regenerate)
+
+
+def _message(call: Call) -> str:
+    message = str((call.body or {})["message"]).strip()
+    if not message:
+        raise errors.ValidationFailed("message must not be blank", errors=[
+            {"field": "message", "message": "must not be blank"}])
+    return message
+
+
+Loader = Callable[[Any, str, str], tuple[Any, str]]
+
+
+def _run(call: Call, request: dict[str, Any], loader: Loader) -> Any:
+    """Every kind of turn: idempotency, checks, the prompt, then the model as JSON or SSE."""
     from shared import chat, db, idempotency
 
     user = call.principal.subject
     conversation_id = parse_uuid(call.params["conversation_id"], "conversation")
-    message = (call.body or {})["message"].strip()
-    if not message:
-        raise errors.ValidationFailed("message must not be blank", errors=[
-            {"field": "message", "message": "must not be blank"}])
     key = call.request.headers.get("Idempotency-Key")
     scope = f"chat_turn:{user}"
     if key is not None:
         stored = idempotency.begin(scope, key, idempotency.request_hash(
-            {"conversation": conversation_id, "message": message}))
+            {"conversation": conversation_id, **request}))
         if stored is not None:
             return json_response(stored.body, stored.status, {"Idempotent-Replayed": "true"})
     try:
         with db.transaction() as conn:
-            ctx = chat.load(conn, user, conversation_id)
+            ctx, message = loader(conn, user, conversation_id)
             chat.require_quota(conn, user)
         prepared = chat.prepare(ctx, message)
         if "text/event-stream" in call.request.headers.get("Accept", ""):
@@ -80,8 +116,11 @@ def _store(ctx: Any, message: str, prepared: Any, reply: Any, key: str | None, s
 
     with outbox.transaction() as tx:
         body = chat.store(tx, ctx, message, prepared, reply)
-        if key is not None:
+        if body is not None and key is not None:
             idempotency.complete(tx.conn, scope, key, 201, body)
+    if body is None:
+        raise errors.Conflict("the conversation changed while this reply was written; "
+                              "read it again and retry", code="conversation_changed")
     return body
 
 
@@ -89,7 +128,8 @@ def _log_turn(ctx: Any, reply: Any, seconds: float, streamed: bool) -> None:
     log.info("chat turn completed", extra={"turn": {
         "conversationId": ctx.conversation_id, "model": reply.model, "attempts": reply.attempts,
         "modelLatencyMs": round(seconds * 1000, 1), "inputTokens": reply.input_tokens,
-        "outputTokens": reply.output_tokens, "streamed": streamed, "outcome": "ok"}})
+        "outputTokens": reply.output_tokens, "streamed": streamed, "kind": ctx.branch.kind,
+        "outcome": "ok"}})
 
 
 def _sse(kind: str, data: Any) -> str:

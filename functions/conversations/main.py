@@ -97,6 +97,30 @@ def messages(call: Call) -> dict[str, Any]:
                                       CURSOR_SECRET)
 
 
+@app.route("GET", "/conversations/{conversation_id}/messages/{message_id}/alternatives",
+           role="user", summary="A message and its alternatives (regenerations, edits)")
+def alternatives(call: Call) -> dict[str, Any]:
+    from shared import conversations, db
+
+    with db.transaction() as conn:
+        return conversations.alternatives(conn, call.principal.subject, _id(call),
+                                          _message_id(call))
+
+
+@app.route("POST", "/conversations/{conversation_id}/messages/{message_id}/select",
+           role="user", summary="Continue from this alternative (swipe)")
+def select(call: Call) -> dict[str, Any]:
+    from shared import conversations, db
+
+    with db.transaction() as conn:
+        return conversations.select(conn, call.principal.subject, _id(call),
+                                    _message_id(call))
+
+
+def _message_id(call: Call) -> str:
+    return parse_uuid(call.params["message_id"], "message")
+
+
 def _id(call: Call) -> str:
     return parse_uuid(call.params["conversation_id"], "conversation")
 

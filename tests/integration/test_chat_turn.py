@@ -151,3 +151,131 @@ def test_model_faults_retry_then_503(chat: dict[str, Any]) -> None:
     assert failed.headers["Retry-After"]
     assert not any(text == "This one fails." for _, text in _messages(chat))
     assert _say(chat, "   ").status_code == 422
+
+
+def _conv(chat: dict[str, Any], path: str, method: str = "get") -> Any:
+    return getattr(chat["conversations"], method)(
+        f"/conversations/{chat['conversation']}{path}", headers=chat["who"])
+
+
+def _turn(chat: dict[str, Any], path: str, **kw: Any) -> Any:
+    return chat["turns"].post(f"/conversations/{chat['conversation']}{path}",
+                              headers=chat["who"] | kw.pop("headers", {}), **kw)
+
+
+def test_regenerate_keeps_the_old_reply_as_an_alternative(chat: dict[str, Any]) -> None:
+    first = _say(chat, "Pick a cake for me.").json
+    again = _turn(chat, "/regenerate")
+    assert again.status_code == 201, again.json
+    assert again.json["kind"] == "regenerate"
+    assert again.json["user_message_id"] == first["user_message_id"]
+    assert again.json["reply"]["id"] != first["reply"]["id"]
+    # The prompt is the same turn again: the question once, the old reply not in it.
+    sent = json.dumps(chat["standin"].requests[-1]["body"]["contents"])
+    assert sent.count("Pick a cake for me.") == 1
+    history = _messages(chat)
+    assert [r for r, _ in history] == ["assistant", "user", "assistant"]
+    listed = _conv(chat, "/messages").json["items"][0]
+    assert listed["id"] == again.json["reply"]["id"] and listed["alternatives"] == 2
+    alts = _conv(chat, f"/messages/{first['reply']['id']}/alternatives").json
+    assert [m["id"] for m in alts["items"]] == [first["reply"]["id"], again.json["reply"]["id"]]
+    assert alts["active_index"] == 1
+    # Swiping back is a selection; reading alternatives changed nothing.
+    chosen = _conv(chat, f"/messages/{first['reply']['id']}/select", "post")
+    assert chosen.status_code == 200 and chosen.json["active_index"] == 0
+    assert _conv(chat, "/messages").json["items"][0]["id"] == first["reply"]["id"]
+    # The next turn continues from the selected reply.
+    nxt = _say(chat, "Thanks!").json
+    rows = _conv(chat, "/messages").json["items"]
+    assert rows[2]["id"] == first["reply"]["id"] and rows[0]["id"] == nxt["reply"]["id"]
+
+
+def test_edit_branches_and_select_restores_the_old_branch(chat: dict[str, Any]) -> None:
+    one = _say(chat, "I'd like tea.").json
+    _say(chat, "With milk.")
+    edited = _turn(chat, f"/messages/{one['user_message_id']}/edit",
+                   json={"message": "I'd like coffee."})
+    assert edited.status_code == 201, edited.json
+    assert edited.json["kind"] == "edit"
+    sent = json.dumps(chat["standin"].requests[-1]["body"]["contents"])
+    assert "I'd like coffee." in sent and "tea" not in sent and "With milk." not in sent
+    assert [t for r, t in _messages(chat) if r == "user"] == ["I'd like coffee."]
+    # Selecting the original user message brings back its whole continuation.
+    restored = _conv(chat, f"/messages/{one['user_message_id']}/select", "post")
+    assert restored.status_code == 200
+    assert [t for r, t in _messages(chat) if r == "user"] == ["I'd like tea.", "With milk."]
+    # Only a user message on the active path can be edited; a reply cannot.
+    refused = _turn(chat, f"/messages/{one['reply']['id']}/edit", json={"message": "x"})
+    assert refused.status_code == 409 and refused.json["code"] == "message_not_editable"
+    inactive = _turn(chat, f"/messages/{edited.json['user_message_id']}/edit",
+                     json={"message": "x"})
+    assert inactive.status_code == 409
+    missing = _turn(chat, f"/messages/{uuid.uuid4()}/edit", json={"message": "x"})
+    assert missing.status_code == 404 and missing.json["code"] == "message_not_found"
+    # A reply deep in an inactive branch has no active sibling: select its ancestor first.
+    deep = _conv(chat, f"/messages/{edited.json['reply']['id']}/select", "post")
+    assert deep.status_code == 409 and deep.json["code"] == "not_on_active_path"
+
+
+def test_regenerate_needs_a_reply_to_regenerate(chat: dict[str, Any]) -> None:
+    refused = _turn(chat, "/regenerate")  # only the greeting so far
+    assert refused.status_code == 409 and refused.json["code"] == "nothing_to_regenerate"
+
+
+def test_alternate_greetings_can_be_swiped_before_the_first_turn(
+        identity: Identity, chat: dict[str, Any]) -> None:
+    from functions_framework import create_app
+
+    characters = create_app("characters", str(REPO / "functions/characters/main.py"))
+    character = characters.test_client().post("/characters", headers=chat["who"], json={
+        "name": "Ada", "greeting": "Hello.", "alternate_greetings": ["Hi there.", "Hey."],
+        "visibility": "private"}).json
+    conversation = chat["conversations"].post("/conversations", headers=chat["who"],
+                                              json={"character_id": character["id"]}).json
+    chat = chat | {"conversation": conversation["id"]}
+    (greeting,) = _conv(chat, "/messages").json["items"]
+    assert greeting["content"] == "Hello." and greeting["alternatives"] == 3
+    alts = _conv(chat, f"/messages/{greeting['id']}/alternatives").json
+    _conv(chat, f"/messages/{alts['items'][2]['id']}/select", "post")
+    assert _messages(chat) == [("assistant", "Hey.")]
+    _say(chat, "Hey yourself.")
+    sent = json.dumps(chat["standin"].requests[-1]["body"]["contents"])
+    assert "Hey." in sent and "Hello." not in sent
+
+
+def test_an_edit_inside_the_summarized_part_drops_the_summary(
+        identity: Identity, chat: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAT_HISTORY_BUDGET_TOKENS", "260")
+    first = _say(chat, "Turn number 0 with a little more text to take room.").json
+    for i in range(1, 6):
+        _say(chat, f"Turn number {i} with a little more text to take room.")
+    ((upto,),) = identity.sql("SELECT summary_upto_seq FROM conversations WHERE id = :c",
+                              c=chat["conversation"])
+    assert upto > 0
+    monkeypatch.setenv("CHAT_HISTORY_BUDGET_TOKENS", "6000")
+    edited = _turn(chat, f"/messages/{first['user_message_id']}/edit",
+                   json={"message": "A different start."})
+    assert edited.status_code == 201
+    system = chat["standin"].requests[-1]["body"]["systemInstruction"]["parts"][0]["text"]
+    assert "## Story so far" not in system
+    assert identity.sql("SELECT summary_upto_seq FROM conversations WHERE id = :c",
+                        c=chat["conversation"]) == [(0,)]
+
+
+def test_concurrent_turns_on_one_conversation_store_one_branch(chat: dict[str, Any]) -> None:
+    """Two turns read the same tail; the second to commit is refused, so the active path stays
+    one chain."""
+    from shared import chat as chat_domain
+    from shared import db, outbox
+    from shared.gemini import Reply
+
+    user = chat["account"]["user_id"]
+    with db.transaction() as conn:
+        a = chat_domain.load(conn, user, chat["conversation"])
+        b = chat_domain.load(conn, user, chat["conversation"])
+    reply = Reply(text="ok", input_tokens=3, output_tokens=1, model="m", attempts=1)
+    with outbox.transaction() as tx:
+        assert chat_domain.store(tx, a, "A", chat_domain.prepare(a, "A"), reply) is not None
+    with outbox.transaction() as tx:
+        assert chat_domain.store(tx, b, "B", chat_domain.prepare(b, "B"), reply) is None
+    assert [t for r, t in _messages(chat) if r == "user"] == ["A"]
