@@ -2,7 +2,9 @@
 model latency configured on the Vertex AI stand-in, at 1 and at N concurrent conversations, and
 time to the first streamed byte. Runs the real chat_turn function in-process (functions-framework
 app, router, auth, PostgreSQL, outbox publish to the Pub/Sub emulator, google-genai over HTTP to
-the stand-in); HTTP parsing by gunicorn is not included.
+the stand-in, which runs in its own process as Vertex AI would); HTTP parsing by gunicorn is not
+included. Every scenario starts from fresh conversations, so in the 1-conversation rows the
+history sent to the model grows from 1 to 2 x turns messages, as in a real long chat.
 
     python -m bench.chat_turn [--turns 40] [--concurrency 20] [--model-latency-ms 200]
 """
@@ -39,15 +41,28 @@ def _app(name: str) -> Any:
     return create_app(name, str(REPO / f"functions/{name}/main.py"))  # type: ignore[no-untyped-call]
 
 
-def _setup_conversations(count: int) -> list[tuple[dict[str, str], str]]:
+def _wait_for_standin(port: int) -> None:
+    import urllib.request
+
+    for _ in range(200):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/__standin/health",
+                                        timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("the Vertex AI stand-in did not start")
+
+
+def _setup_conversations(count: int, tag: int) -> list[tuple[dict[str, str], str]]:
     auth, characters, conversations = (_app(n).test_client()
                                        for n in ("auth", "characters", "conversations"))
     out = []
     for i in range(count):
-        tokens = auth.post("/signup", json={"email": f"bench{i}@example.com",
+        tokens = auth.post("/signup", json={"email": f"bench{tag}-{i}@example.com",
                                             "password": PASSWORD, "display_name": "B"}).json
         who = {"Authorization": f"Bearer {tokens['access_token']}",
-               "X-Forwarded-For": f"10.9.{i // 250}.{i % 250}"}
+               "X-Forwarded-For": f"10.9.{tag}.{i % 250}"}
         character = characters.post("/characters", headers=who, json={
             "name": "Mina", "description": "A barista.", "greeting": "Welcome!"}).json
         conversation = conversations.post("/conversations", headers=who,
@@ -63,9 +78,7 @@ def _turns(conversations: list[tuple[dict[str, str], str]], turns: int, model_s:
     first_bytes: list[float] = []
     lock = threading.Lock()
 
-    def run(index: int) -> None:
-        client = app.test_client()
-        who, conversation = conversations[index % len(conversations)]
+    def one(client: Any, index: int, who: dict[str, str], conversation: str) -> None:
         headers = who | ({"Accept": "text/event-stream"} if stream else {})
         started = time.perf_counter()
         resp = client.post(f"/conversations/{conversation}/turns", headers=headers,
@@ -82,9 +95,17 @@ def _turns(conversations: list[tuple[dict[str, str], str]], turns: int, model_s:
             if stream and first is not None:
                 first_bytes.append((first - started) * 1000)
 
+    def run(worker: int) -> None:
+        """One user per worker, turn after turn, as a chat client does (a second turn on a
+        conversation while one is running is refused with 409 conversation_changed)."""
+        client = app.test_client()
+        who, conversation = conversations[worker]
+        for index in range(worker, turns, len(conversations)):
+            one(client, index, who, conversation)
+
     workers = len(conversations)
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(run, range(turns)))
+        list(pool.map(run, range(workers)))
     return overheads, first_bytes
 
 
@@ -100,8 +121,8 @@ def main() -> None:
 
     from emulators.bridge import ensure_topics
     from emulators.postgres import start_postgres
+    from emulators.proc import free_port, spawn
     from emulators.services import start_pubsub_emulator
-    from emulators.vertex_standin import VertexStandin
     from infra.topology import TOPOLOGY
     from shared import clients, migrate, tokens
 
@@ -109,24 +130,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-chat-") as tmp:
         pg = start_postgres(Path(tmp))
         pubsub = start_pubsub_emulator(Path(tmp), "bench")
-        standin = VertexStandin(latency_s=model_s).start()
+        port = free_port()
+        standin = spawn("vertex-standin", [sys.executable, "-m", "emulators.vertex_standin",
+                                           "--port", str(port),
+                                           "--latency-ms", str(args.model_latency_ms)],
+                        Path(tmp), cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)})
         try:
             os.environ |= {"DATABASE_URL": pg.url, "APP_ENV": "local",
                            "GOOGLE_CLOUD_PROJECT": "bench", "PUBSUB_EMULATOR_HOST": pubsub.host,
-                           "GENAI_BASE_URL": standin.url,
+                           "GENAI_BASE_URL": f"http://127.0.0.1:{port}",
                            "JWT_SIGNING_KEYS": json.dumps([tokens.generate_signing_key()])}
             clients.reset()
             ensure_topics(TOPOLOGY, "bench", pubsub_v1.PublisherClient())
             migrate.upgrade()
-            conversations = _setup_conversations(args.concurrency)
-            _turns(conversations[:1], 3, model_s, stream=False)  # warm up imports and pools
-            rows = []
-            for label, pool, stream in (("1 conversation, JSON", conversations[:1], False),
-                                        (f"{args.concurrency} conversations, JSON",
-                                         conversations, False),
-                                        ("1 conversation, SSE", conversations[:1], True),
-                                        (f"{args.concurrency} conversations, SSE",
-                                         conversations, True)):
+            _wait_for_standin(port)
+            n = args.concurrency
+            _turns(_setup_conversations(1, 99), 3, model_s, stream=False)  # imports, pools
+            rows: list[tuple[str, list[float], list[float]]] = []
+            for label, count, stream in (("1 conversation, JSON", 1, False),
+                                         (f"{n} conversations, JSON", n, False),
+                                         ("1 conversation, SSE", 1, True),
+                                         (f"{n} conversations, SSE", n, True)):
+                pool = _setup_conversations(count, len(rows))
                 overhead, first = _turns(pool, args.turns, model_s, stream)
                 rows.append((label, overhead, first))
         finally:

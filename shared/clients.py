@@ -17,12 +17,18 @@ if TYPE_CHECKING:
     from google.genai import Client as GenaiClient
 
 
+PUBLISH_BATCH_LATENCY_S = 0.001
+
+
 @cache
 def publisher() -> pubsub_v1.PublisherClient:
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
     # The client honours PUBSUB_EMULATOR_HOST itself (insecure channel, no credentials).
-    return pubsub_v1.PublisherClient()
+    # Batches close after 1 ms, not the default 10 ms: requests wait for their publish after
+    # commit (shared.outbox), and a loop of publishes still shares one batch.
+    return pubsub_v1.PublisherClient(
+        batch_settings=pubsub_v1.types.BatchSettings(max_latency=PUBLISH_BATCH_LATENCY_S))
 
 
 @cache
@@ -78,4 +84,7 @@ def reset() -> None:
                    db.autocommit_engine,
                    auth.own_resolver, auth.external_resolver, tokens.signing_keys):
         getter.cache_clear()
+    from shared import storage_signing
+
+    storage_signing.reset()
     get_settings.cache_clear()
