@@ -16,11 +16,11 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from shared import errors
+from shared import errors, tracing
 from shared.config import get_settings
 
 log = logging.getLogger("shared.gemini")
@@ -165,9 +165,24 @@ def generate(system_instruction: str, contents: Sequence[dict[str, Any]],
                                                           config=config)
         return response, _require_text(response)
 
-    (response, text), attempts = _with_retries(model, call)
-    tokens_in, tokens_out = _usage(response)
-    return Reply(text, tokens_in, tokens_out, model, attempts)
+    with tracing.span(f"chat {model}", "client", **_span_attributes(model)) as span:
+        (response, text), attempts = _with_retries(model, call)
+        reply = Reply(text, *_usage(response), model, attempts)
+        _finish_span(span, reply)
+    return reply
+
+
+def _span_attributes(model: str) -> dict[str, Any]:
+    """OpenTelemetry's generative-AI conventions for a model call."""
+    return {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "gcp.vertex_ai",
+            "gen_ai.request.model": model}
+
+
+def _finish_span(span: tracing.Span, reply: Reply) -> None:
+    span.set(**{"gen_ai.response.model": reply.model,
+                "gen_ai.usage.input_tokens": reply.input_tokens,
+                "gen_ai.usage.output_tokens": reply.output_tokens,
+                "app.model.attempts": reply.attempts})
 
 
 def stream(system_instruction: str, contents: Sequence[dict[str, Any]],
@@ -184,6 +199,18 @@ def stream(system_instruction: str, contents: Sequence[dict[str, Any]],
             model=model, contents=list(contents), config=config))
         return chunks, next(chunks)
 
+    span = tracing.start_span(f"chat {model}", "client", stream=True, **_span_attributes(model))
+    try:
+        reply = yield from _stream_reply(model, first_chunk)
+    except BaseException as exc:
+        tracing.end_span(span, exc)
+        raise
+    _finish_span(span, reply)
+    tracing.end_span(span)
+
+
+def _stream_reply(model: str, first_chunk: Callable[[], tuple[Iterator[Any], Any]]
+                  ) -> Generator[str | Reply, None, Reply]:
     (chunks, chunk), attempts = _with_retries(model, first_chunk)
     parts: list[str] = []
     tokens = (0, 0)
@@ -211,7 +238,9 @@ def stream(system_instruction: str, contents: Sequence[dict[str, Any]],
             record_outcome(model, ok=False)
             raise ModelUnavailable("the model returned an empty reply; try again",
                                    headers={"Retry-After": "5"}) from None
-    yield Reply("".join(parts), tokens[0], tokens[1], model, attempts)
+    reply = Reply("".join(parts), tokens[0], tokens[1], model, attempts)
+    yield reply
+    return reply
 
 
 def _sql(text: str) -> Any:

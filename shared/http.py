@@ -18,7 +18,7 @@ from typing import Any
 
 import flask
 
-from shared import context, errors
+from shared import context, errors, tracing
 from shared.validation import Schema, parse_json
 
 log = logging.getLogger("shared.http")
@@ -108,14 +108,21 @@ class Router:
         except Exception:  # tracing must never fail a request
             log.exception("trace source failed; starting a new trace")
             trace = context.from_headers({})
-        with context.bound(trace):
+        # The server span is named after the route template once one matches (low
+        # cardinality); unroutable requests keep the bare method.
+        with tracing.server_span(request.method, trace, **{
+                "http.request.method": request.method, "url.path": request.path}) as span:
             try:
                 response = self._dispatch(request, trace)
             except errors.AppError as exc:
                 response = _problem_response(exc, trace, request.path)
-            except Exception:
+            except Exception as exc:
                 log.exception("unhandled error in %s %s", request.method, request.path)
+                span.record_exception(exc)
                 response = _problem_response(errors.AppError(), trace, request.path)
+            span.set(**{"http.response.status_code": response.status_code})
+            if response.status_code >= 500:  # 4xx are the caller's errors, not the server's
+                span.error(f"HTTP {response.status_code}")
             response.headers["X-Trace-Id"] = trace.trace_id
             response.headers["X-Request-Id"] = trace.request_id
             response.headers["traceparent"] = trace.traceparent
@@ -138,6 +145,9 @@ class Router:
             ):
                 allowed.append(route.method)
                 continue
+            if (span := tracing.current_span()) is not None:
+                span.name = f"{route.method} {route.path}"
+                span.set(**{"http.route": route.path})
             principal = self.authenticate(request) if route.role and self.authenticate else None
             limit_headers = self._take_rate_limit(request, route, principal)
             if route.role is not None:

@@ -16,7 +16,7 @@ from typing import Any
 import flask
 import functions_framework
 
-from shared import context, errors
+from shared import context, errors, tracing
 from shared.auth import authenticate, parse_uuid
 from shared.bootstrap import init
 from shared.http import Call, Router, json_response
@@ -88,6 +88,9 @@ def _run(call: Call, request: dict[str, Any], loader: Loader) -> Any:
         with db.transaction() as conn:
             ctx, message = loader(conn, user, conversation_id)
             chat.require_quota(conn, user)
+        if (span := tracing.current_span()) is not None:
+            span.set(**{"app.chat.kind": ctx.branch.kind, "app.conversation.id": conversation_id,
+                        "app.character.id": ctx.character_id})
         prepared = chat.prepare(ctx, message)
         if "text/event-stream" in call.request.headers.get("Accept", ""):
             return _stream(ctx, message, prepared, key, scope)

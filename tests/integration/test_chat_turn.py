@@ -279,3 +279,32 @@ def test_concurrent_turns_on_one_conversation_store_one_branch(chat: dict[str, A
     with outbox.transaction() as tx:
         assert chat_domain.store(tx, b, "B", chat_domain.prepare(b, "B"), reply) is None
     assert [t for r, t in _messages(chat) if r == "user"] == ["A"]
+
+
+def test_a_turn_is_traced_with_model_latency_and_tokens(chat: dict[str, Any],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared import tracing
+    from tests.otlp import Receiver, attributes
+
+    receiver = Receiver()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.url)
+    tracing.reset()
+    try:
+        resp = _say(chat, "Trace me.")
+        tracing.flush()
+    finally:
+        tracing.reset()
+        receiver.server.shutdown()
+    spans = {s.name: s for s in receiver.spans()}
+    server = spans["POST /conversations/{conversation_id}/turns"]
+    model = spans["chat gemini-2.5-flash"]
+    assert server.trace_id.hex() == resp.headers["X-Trace-Id"]
+    assert model.parent_span_id == server.span_id
+    attrs = attributes(model)
+    assert attrs["gen_ai.usage.input_tokens"] == {
+        "intValue": str(resp.json["usage"]["input_tokens"])}
+    assert attrs["gen_ai.usage.output_tokens"]["intValue"] == str(
+        resp.json["usage"]["output_tokens"])
+    assert attrs["gen_ai.request.model"] == {"stringValue": "gemini-2.5-flash"}
+    assert model.end_time_unix_nano > model.start_time_unix_nano
+    assert attributes(server)["app.chat.kind"] == {"stringValue": "turn"}
