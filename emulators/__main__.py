@@ -42,7 +42,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
         handlers=[logging.FileHandler(run_dir / "logs" / "stack.log")],
     )
-    stack = Stack(run_dir, schedules_enabled=not args.no_schedules)
+    stack = Stack(run_dir, schedules_enabled=not args.no_schedules, extra_env=dict(args.env))
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
@@ -130,12 +130,22 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setting(value: str) -> tuple[str, str]:
+    key, sep, setting = value.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    return key, setting
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m emulators", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the local cloud")
     up.add_argument("--no-schedules", action="store_true", help="do not fire cron schedules")
+    up.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", type=_setting,
+                    help="a setting for every function, e.g. CHAT_DAILY_TOKEN_QUOTA=5000 "
+                         "(repeatable)")
     for name in ("up", "down", "endpoints"):
         target = up if name == "up" else sub.add_parser(name)
         target.add_argument("--run-dir", help="run folder (default: .local/current)")

@@ -63,6 +63,7 @@ class Stack:
     project: str = PROJECT
     backoff_scale: float = DEFAULT_BACKOFF_SCALE
     schedules_enabled: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)  # `up --env KEY=VALUE`
     source_root: Path = REPO_ROOT
     endpoints: dict[str, Any] = field(default_factory=dict)
     _stops: list[Callable[[], None]] = field(default_factory=list)
@@ -115,7 +116,8 @@ class Stack:
         self._stops.append(gcs.stop)
         # Ports are chosen first so every function can be told where the auth JWKS lives.
         ports = {f.name: free_port() for f in self.topology.functions}
-        env = self._base_env(pg.url, pubsub.host, firestore.host, gcs.url, vertex_url)
+        env = self._base_env(pg.url, pubsub.host, firestore.host, gcs.url, vertex_url) | \
+            self.extra_env
         if "auth" in ports:
             env["JWT_JWKS_URL"] = f"http://{LOOPBACK}:{ports['auth']}/.well-known/jwks.json"
         self._migrate(env)

@@ -4,7 +4,8 @@
   only, with exponential backoff and full jitter. A streamed call is retried only before its
   first delta reached the caller (after that a retry would repeat text).
 - A circuit breaker shared by all instances (a row per model in PostgreSQL): after
-  BREAKER_THRESHOLD consecutive failed calls the model is not called for BREAKER_COOLDOWN_S;
+  BREAKER_THRESHOLD consecutive failed calls the model is not called for BREAKER_COOLDOWN_S
+  (`GENAI_BREAKER_COOLDOWN_S`);
   callers get a clear 503 with Retry-After instead of waiting on a failing model. The first call
   after the cool-down is the probe: success closes the breaker, failure opens it again.
 - Per-character safety settings (strict / standard / relaxed).
@@ -281,4 +282,5 @@ def record_outcome(model: str, ok: bool) -> None:
             " open_until = CASE WHEN b.consecutive_failures + 1 >= :threshold "
             "THEN now() + make_interval(secs => :cooldown) ELSE b.open_until END, "
             "updated_at = now()"),
-            {"m": model, "threshold": BREAKER_THRESHOLD, "cooldown": BREAKER_COOLDOWN_S})
+            {"m": model, "threshold": BREAKER_THRESHOLD,
+             "cooldown": float(os.environ.get("GENAI_BREAKER_COOLDOWN_S", BREAKER_COOLDOWN_S))})

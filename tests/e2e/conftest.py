@@ -16,6 +16,10 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# Small limits so the e2e tier reaches the quota, the summary and the breaker in a few turns
+# (`python -m emulators up --env KEY=VALUE`); everything else is as `make dev` runs it.
+E2E_SETTINGS = {"CHAT_DAILY_TOKEN_QUOTA": "20000", "CHAT_HISTORY_BUDGET_TOKENS": "400",
+                "GENAI_TIMEOUT_S": "2", "GENAI_BREAKER_COOLDOWN_S": "3"}
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +27,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     run_dir = tmp_path_factory.mktemp("stack")
     endpoints_file = run_dir / "endpoints.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "emulators", "up", "--run-dir", str(run_dir), "--no-schedules"],
+        [sys.executable, "-m", "emulators", "up", "--run-dir", str(run_dir), "--no-schedules",
+         *(arg for key, value in E2E_SETTINGS.items() for arg in ("--env", f"{key}={value}"))],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )
     deadline = time.monotonic() + 120
