@@ -109,6 +109,17 @@ def _turns(conversations: list[tuple[dict[str, str], str]], turns: int, model_s:
     return overheads, first_bytes
 
 
+def _healthz(count: int) -> list[float]:
+    """The floor of this harness: the framework and router with no work."""
+    client = _app("chat_turn").test_client()
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        client.get("/healthz")
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--turns", type=int, default=40, help="turns per scenario")
@@ -146,12 +157,13 @@ def main() -> None:
             _wait_for_standin(port)
             n = args.concurrency
             _turns(_setup_conversations(1, 99), 3, model_s, stream=False)  # imports, pools
-            rows: list[tuple[str, list[float], list[float]]] = []
+            rows: list[tuple[str, list[float], list[float]]] = [
+                ("baseline: GET /healthz, same client", _healthz(args.turns), [])]
             for label, count, stream in (("1 conversation, JSON", 1, False),
                                          (f"{n} conversations, JSON", n, False),
                                          ("1 conversation, SSE", 1, True),
                                          (f"{n} conversations, SSE", n, True)):
-                pool = _setup_conversations(count, len(rows))
+                pool = _setup_conversations(count, len(rows) - 1)
                 overhead, first = _turns(pool, args.turns, model_s, stream)
                 rows.append((label, overhead, first))
         finally:
