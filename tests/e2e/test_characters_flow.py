@@ -70,3 +70,30 @@ def test_chat_turns_over_the_gateway_json_and_sse(stack: dict[str, Any]) -> None
     assert kinds[-1] == "done" and "delta" in kinds
     quota = requests.get(_url(stack, "chat_turn", "/me/quota"), headers=auth, timeout=10).json()
     assert quota["used"] > 0
+
+
+def test_json_cards_round_trip_including_a_v1_card_from_another_tool(
+        stack: dict[str, Any]) -> None:
+    from tests.unit.test_cards import V1
+
+    signup = requests.post(_url(stack, "auth", "/signup"), timeout=10, json={
+        "email": f"cards-{uuid.uuid4().hex[:8]}@example.com",
+        "password": "a long and unusual passphrase", "display_name": "Cards"})
+    auth = {"Authorization": f"Bearer {signup.json()['access_token']}"}
+    for card, name in ((V2, "Seraphina"), (V1, "Aqua")):
+        imported = requests.post(_url(stack, "characters", "/characters/import"), json=card,
+                                 headers=auth, timeout=10)
+        assert imported.status_code == 201, imported.text
+        exported = requests.get(
+            _url(stack, "characters", f"/characters/{imported.json()['id']}/card"),
+            params={"format": "json"}, headers=auth, timeout=10).json()
+        assert exported["spec"] == "chara_card_v2" and exported["data"]["name"] == name
+        source = card.get("data", card)
+        for field in ("description", "personality", "first_mes"):
+            assert exported["data"][field] == source[field]
+    # The last one was a V1 card: it comes back as V2, with V2's fields present.
+    assert {"alternate_greetings", "tags", "extensions"} <= set(exported["data"])
+    bad = requests.post(_url(stack, "characters", "/characters/import"), timeout=10,
+                        json={"spec": "chara_card_v2", "data": {"name": ""}}, headers=auth)
+    assert bad.status_code == 422
+    assert bad.headers["Content-Type"].startswith("application/problem+json")
