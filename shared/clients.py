@@ -7,10 +7,10 @@ GENAI_BASE_URL) are read when a client is first built; tests call `reset()` afte
 
 from __future__ import annotations
 
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from shared.config import get_settings
+from shared.lazy import instance_cache
 
 if TYPE_CHECKING:
     from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defined]
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 PUBLISH_BATCH_LATENCY_S = 0.001
 
 
-@cache
+@instance_cache
 def publisher() -> pubsub_v1.PublisherClient:
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
@@ -31,7 +31,7 @@ def publisher() -> pubsub_v1.PublisherClient:
         batch_settings=pubsub_v1.types.BatchSettings(max_latency=PUBLISH_BATCH_LATENCY_S))
 
 
-@cache
+@instance_cache
 def storage_client() -> storage.Client:
     from google.cloud import storage  # type: ignore[attr-defined]
 
@@ -47,14 +47,14 @@ def storage_client() -> storage.Client:
     return storage.Client(project=settings.project)
 
 
-@cache
+@instance_cache
 def firestore_client() -> firestore.Client:
     from google.cloud import firestore
 
     return firestore.Client(project=get_settings().project)
 
 
-@cache
+@instance_cache
 def genai_client() -> GenaiClient:
     from google import genai
     from google.genai import types

@@ -10,22 +10,22 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from shared.config import ConfigError, get_settings
+from shared.lazy import instance_cache
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
 
-@cache
+@instance_cache
 def engine() -> Engine:
     """The instance's engine. Small pool: one function instance serves few concurrent requests."""
     return _create_engine()
 
 
-@cache
+@instance_cache
 def autocommit_engine() -> Engine:
     """For single statements that are their own transaction (a rate-limit decision): no
     BEGIN/COMMIT round trips, and a row lock is held only for the statement itself."""
@@ -49,7 +49,7 @@ def _create_engine(**options: Any) -> Engine:
     return sqlalchemy.create_engine(url, **pool)
 
 
-@cache
+@instance_cache
 def _connector() -> Any:
     """One Cloud SQL connector per instance, built on the first connection (it reads
     credentials). LAZY refresh: serverless CPU is throttled between requests, so a background

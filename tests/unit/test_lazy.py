@@ -1,0 +1,31 @@
+"""Instance caches are built once even when the first calls arrive together."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from shared.lazy import instance_cache
+
+
+def test_fifty_concurrent_first_calls_build_once() -> None:
+    built = []
+    start = threading.Barrier(50)
+
+    @instance_cache
+    def pool() -> object:
+        built.append(1)
+        time.sleep(0.05)  # a slow build: the window in which functools.cache builds twice
+        return object()
+
+    def first_call(_: int) -> object:
+        start.wait()
+        return pool()
+
+    with ThreadPoolExecutor(50) as executor:
+        results = list(executor.map(first_call, range(50)))
+    assert len(built) == 1 and len({id(r) for r in results}) == 1
+    assert pool.cache_info().currsize == 1
+    pool.cache_clear()
+    assert pool.cache_info().currsize == 0 and pool() is not results[0] and len(built) == 2
