@@ -257,6 +257,23 @@ def start_fake_gcs(
     return GcsHandle(url, public_host, project, process, time.monotonic() - began, list(buckets))
 
 
+def local_signing_key(project: str) -> str:
+    """A service-account JSON with a fresh RSA key, for V4 signed URLs on the local cloud
+    (`STORAGE_SIGNING_KEY`). fake-gcs-server does not check signatures; the key makes the
+    functions sign exactly as they would with a real key. Never used in production."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    return json.dumps({
+        "type": "service_account", "project_id": project, "private_key_id": "local-signer",
+        "private_key": pem, "client_email": f"local-signer@{project}.iam.gserviceaccount.com",
+        "client_id": "1", "token_uri": "https://oauth2.googleapis.com/token",  # never called
+    })
+
+
 def _create_bucket(url: str, project: str, bucket: str) -> None:
     request = urllib.request.Request(  # noqa: S310 - loopback emulator
         f"{url}/storage/v1/b?project={project}",

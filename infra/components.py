@@ -29,6 +29,16 @@ def account_id(name: str, suffix: str = "fn") -> str:
     return base[:30].rstrip("-")
 
 
+def bucket_name(settings: StackSettings, bucket: str) -> str:
+    """The deployed name of a manifest bucket (bucket names are global: prefixed by project)."""
+    return f"{settings.project}-{bucket}"
+
+
+def bucket_env(bucket: str) -> str:
+    """The variable that tells a function a bucket's deployed name: uploads -> UPLOADS_BUCKET."""
+    return f"{bucket.upper().replace('-', '_')}_BUCKET"
+
+
 def iam_db_user(email: pulumi.Output[str]) -> pulumi.Output[str]:
     """Cloud SQL IAM user name of a service account: its email without `.gserviceaccount.com`."""
     return email.apply(lambda e: e.removesuffix(".gserviceaccount.com"))
@@ -74,11 +84,18 @@ class FunctionService(pulumi.ComponentResource):
                                    opts=_opts(self))
             for role in function.roles
         ]
+        if function.signs_urls:
+            # IAM signBlob as itself, for signed URLs without a key file; scoped to its own
+            # account, so it cannot sign (or mint tokens) as any other.
+            grants.append(gcp.serviceaccount.IAMMember(
+                f"{function.name}-signs-as-itself", service_account_id=self.account.name,
+                role="roles/iam.serviceAccountTokenCreator", member=member, opts=_opts(self)))
         for env_name, secret in secrets.items():
             grants.append(gcp.secretmanager.SecretIamMember(
                 f"{function.name}-reads-{secret_id(env_name)}", secret_id=secret.secret_id,
                 role="roles/secretmanager.secretAccessor", member=member, opts=_opts(self)))
         plain_env: dict[str, pulumi.Input[str]] = dict(env) | function.runtime_env()
+        plain_env |= {bucket_env(b): bucket_name(settings, b) for b in function.buckets}
         if function.needs_database and sql_instance is not None:
             plain_env |= {"INSTANCE_CONNECTION_NAME": sql_instance.connection_name,
                           "DB_IAM_USER": iam_db_user(self.account.email)}
@@ -191,10 +208,11 @@ class UploadsBucket(pulumi.ComponentResource):
         if bucket.browser_uploads and settings.allowed_origins:
             cors.append({"origins": list(settings.allowed_origins),
                          "methods": ["PUT", "GET", "HEAD"],
-                         "response_headers": ["Content-Type", "x-goog-content-length-range"],
+                         "response_headers": ["Content-Type", "x-goog-content-length-range",
+                                              "x-goog-if-generation-match"],
                          "max_age_seconds": 3600})
         self.bucket = gcp.storage.Bucket(
-            bucket.name, name=f"{settings.project}-{bucket.name}", location=settings.region,
+            bucket.name, name=bucket_name(settings, bucket.name), location=settings.region,
             uniform_bucket_level_access=True, public_access_prevention="enforced",
             cors=cors,
             lifecycle_rules=[{"action": {"type": "Delete"},

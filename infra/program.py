@@ -29,6 +29,7 @@ APIS = (
     "cloudfunctions.googleapis.com", "run.googleapis.com", "pubsub.googleapis.com",
     "cloudscheduler.googleapis.com", "sqladmin.googleapis.com", "firestore.googleapis.com",
     "secretmanager.googleapis.com", "storage.googleapis.com", "iam.googleapis.com",
+    "iamcredentials.googleapis.com",  # signBlob: signed upload URLs without key files
     "aiplatform.googleapis.com", "logging.googleapis.com", "eventarc.googleapis.com",
 )
 BUILD_DIR = Path(__file__).resolve().parent.parent / ".local" / "build"
@@ -137,9 +138,17 @@ def build(topology: Topology = TOPOLOGY, settings: StackSettings | None = None) 
                          depends_on=[services[sub.function].function])
     for schedule in topology.schedules:
         SchedulerJob(schedule, settings, topics=topics, depends_on=apis)
-    for bucket in topology.buckets:
-        UploadsBucket(bucket, settings, topics=topics, storage_agent=storage_agent,
-                      depends_on=apis)
+    buckets = {bucket.name: UploadsBucket(bucket, settings, topics=topics,
+                                          storage_agent=storage_agent, depends_on=apis)
+               for bucket in topology.buckets}
+    # Object access on exactly the buckets a function names, never project-wide.
+    for function in topology.functions:
+        for name in function.buckets:
+            gcp.storage.BucketIAMMember(
+                f"{function.name}-{name}-objects", bucket=buckets[name].bucket.name,
+                role="roles/storage.objectAdmin",
+                member=pulumi.Output.concat("serviceAccount:",
+                                            identities[function.name].account.email))
 
     pulumi.export("function_urls", {name: service.url for name, service in services.items()
                                     if topology.function(name).trigger is Trigger.HTTP})

@@ -79,6 +79,7 @@ def create(tx: OutboxTransaction, owner: str, fields: dict[str, Any],
     import uuid
 
     values = _normalize(fields)
+    _check_avatar(tx.conn, owner, values)
     if card is not None:
         values |= {"post_history_instructions": card.post_history_instructions,
                    "creator_notes": card.creator_notes, "creator": card.creator,
@@ -120,10 +121,23 @@ def _owned(conn: Connection, owner: str, character_id: str) -> Any:
     return row
 
 
+def require_owner(conn: Connection, owner: str, character_id: str) -> None:
+    """404 for characters the caller cannot see, 403 for others' characters it can."""
+    _owned(conn, owner, character_id)
+
+
+def _check_avatar(conn: Connection, owner: str, values: dict[str, Any]) -> None:
+    if values.get("avatar_upload_id") is not None:
+        from shared.uploads import require_accepted
+
+        require_accepted(conn, owner, values["avatar_upload_id"], "character_avatar")
+
+
 def update(conn: Connection, owner: str, character_id: str, fields: dict[str, Any]
            ) -> dict[str, Any]:
     _owned(conn, owner, character_id)
     values = _normalize(fields)
+    _check_avatar(conn, owner, values)
     if values:
         assignments = ", ".join(f"{c} = :{c}" for c in values)
         conn.execute(_sql(f"UPDATE characters SET {assignments}, updated_at = now() "

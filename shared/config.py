@@ -42,6 +42,12 @@ class Settings:
     oidc_jwks_url: str | None
     oidc_audience: str | None  # checked when set; Clerk session tokens carry `azp` instead
     oidc_authorized_parties: tuple[str, ...]
+    # Uploads: the bucket, how long signed URLs live, the per-user quota, and (local only) a
+    # service-account key to sign URLs with; production signs through IAM signBlob instead.
+    uploads_bucket: str = "uploads"
+    upload_url_ttl_s: int = 900
+    upload_quota_bytes: int = 200 * 1024 * 1024
+    storage_signing_key: str | None = None
 
     @property
     def is_production(self) -> bool:
@@ -63,6 +69,15 @@ def _require(env: dict[str, str], name: str) -> str:
     if not value:
         raise ConfigError(f"environment variable {name} is required but not set")
     return value
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) <= 0:
+        raise ConfigError(f"{name} must be a positive integer, not {raw!r}")
+    return int(raw)
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -103,6 +118,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         oidc_audience=env.get("OIDC_AUDIENCE") or None,
         oidc_authorized_parties=tuple(
             p.strip() for p in env.get("OIDC_AUTHORIZED_PARTIES", "").split(",") if p.strip()),
+        uploads_bucket=env.get("UPLOADS_BUCKET") or "uploads",
+        upload_url_ttl_s=_int(env, "UPLOAD_URL_TTL_S", 900),
+        upload_quota_bytes=_int(env, "UPLOAD_QUOTA_BYTES", 200 * 1024 * 1024),
+        storage_signing_key=env.get("STORAGE_SIGNING_KEY") or None,
     )
     _check_production(settings)
     return settings
@@ -121,6 +140,9 @@ def _check_production(settings: Settings) -> None:
         raise ConfigError("production uses INSTANCE_CONNECTION_NAME, not DATABASE_URL")
     if settings.genai_base_url or settings.storage_base_url:
         raise ConfigError("emulator endpoints must not be configured in production")
+    if settings.storage_signing_key:
+        # A key file is a long-lived secret; deployed functions sign through IAM signBlob.
+        raise ConfigError("STORAGE_SIGNING_KEY is for the local cloud; production signs with IAM")
 
 
 @cache

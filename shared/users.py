@@ -52,6 +52,9 @@ def update_profile(conn: Connection, user_id: str, changes: dict[str, Any]) -> d
         _check_time_zone(changes["time_zone"])
     if "avatar_upload_id" in changes and changes["avatar_upload_id"] is not None:
         changes["avatar_upload_id"] = uuid_field(changes["avatar_upload_id"], "avatar_upload_id")
+        from shared.uploads import require_accepted
+
+        require_accepted(conn, user_id, changes["avatar_upload_id"], "avatar")
     allowed = ("display_name", "avatar_upload_id", "locale", "time_zone")
     fields = {k: v for k, v in changes.items() if k in allowed}
     if fields:

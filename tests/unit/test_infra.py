@@ -206,3 +206,43 @@ def test_archive_holds_the_function_shared_and_requirements() -> None:
     names = [name for name, _ in archive.entries("functions/auth")]
     assert "main.py" in names and "requirements.txt" in names
     assert "shared/auth.py" in names and not any("__pycache__" in n for n in names)
+
+
+def test_url_signers_may_sign_only_as_themselves_and_reach_only_their_buckets(
+        mocks: Mocks) -> None:
+    # Signed URLs without a key file: IAM signBlob as the function's own service account, so
+    # it holds Token Creator on that account alone, never project-wide.
+    grants = [r.inputs for r in mocks.of("gcp:serviceaccount/iAMMember:IAMMember")
+              if r.inputs["role"] == "roles/iam.serviceAccountTokenCreator"
+              and r.inputs["member"].startswith("serviceAccount:")
+              and "push-invoker" not in r.inputs["serviceAccountId"]]
+    signers = [f for f in TOPOLOGY.functions if f.signs_urls]
+    assert signers and len(grants) == len(signers)
+    for function, grant in zip(signers, grants, strict=True):
+        account = f"{function.name.replace('_', '-')}-fn@{PROJECT}.iam.gserviceaccount.com"
+        assert grant["member"] == f"serviceAccount:{account}"
+        assert grant["serviceAccountId"] == f"projects/{PROJECT}/serviceAccounts/{account}"
+    project_roles = {r.inputs["role"] for r in mocks.of("gcp:projects/iAMMember:IAMMember")}
+    assert "roles/iam.serviceAccountTokenCreator" not in project_roles
+    assert not {role for role in project_roles if role.startswith("roles/storage.")}
+
+    bucket_grants = {r.name: r.inputs
+                     for r in mocks.of("gcp:storage/bucketIAMMember:BucketIAMMember")
+                     if r.name != "migrator-reads-sources"}
+    expected = {f"{f.name}-{b}-objects" for f in TOPOLOGY.functions for b in f.buckets}
+    assert set(bucket_grants) == expected and expected
+    deployed = _functions(mocks)
+    for function in TOPOLOGY.functions:
+        env = deployed[function.name]["serviceConfig"]["environmentVariables"]
+        for bucket in function.buckets:
+            grant = bucket_grants[f"{function.name}-{bucket}-objects"]
+            assert grant["role"] == "roles/storage.objectAdmin"
+            assert grant["bucket"] == f"{PROJECT}-{bucket}"
+            assert env[f"{bucket.upper()}_BUCKET"] == f"{PROJECT}-{bucket}"
+        if not function.buckets:
+            assert "UPLOADS_BUCKET" not in env
+    enabled = {r.inputs["service"] for r in mocks.of("gcp:projects/service:Service")}
+    assert "iamcredentials.googleapis.com" in enabled  # signBlob
+    upload = TOPOLOGY.function("upload")
+    assert upload.signs_urls and upload.buckets == ("uploads",) and upload.public
+    assert not TOPOLOGY.function("upload_finalize").signs_urls
