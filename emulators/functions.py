@@ -46,6 +46,8 @@ def function_env(function: Function, base: Mapping[str, str], port: int,
     gets only the secrets the manifest gives it."""
     own_secrets = {name: (secret_values or {})[name] for name in function.secrets
                    if name in (secret_values or {})}
+    if not function.exports_spans:  # the telemetry pipeline does not trace itself
+        base = {k: v for k, v in base.items() if not k.startswith("OTEL_EXPORTER_OTLP_")}
     env = dict(base) | function.runtime_env() | own_secrets | {
         "K_SERVICE": function.name,
         "FUNCTION_TARGET": function.entry_point,

@@ -120,6 +120,12 @@ class Stack:
             self.extra_env
         if "auth" in ports:
             env["JWT_JWKS_URL"] = f"http://{LOOPBACK}:{ports['auth']}/.well-known/jwks.json"
+        if "span_ingest" in ports:
+            # The product observes itself: every function's spans go to its own span_ingest,
+            # which locally takes telemetry without an ingest token.
+            env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT":
+                   f"http://{LOOPBACK}:{ports['span_ingest']}/v1/traces",
+                   "TELEMETRY_ANONYMOUS_INGEST": "true"} | env
         self._migrate(env)
         functions = start_functions(self.topology.functions, env, self.log_dir, self.source_root,
                                     ports, local_secrets(self.topology.functions))
@@ -164,6 +170,7 @@ class Stack:
             "PUBSUB_EMULATOR_HOST": pubsub,
             "FIRESTORE_EMULATOR_HOST": firestore,
             "STORAGE_EMULATOR_HOST": gcs,
+            "STORAGE_SIGNING_KEY": services.local_signing_key(self.project),
             "GENAI_BASE_URL": vertex,
         }
 

@@ -61,13 +61,46 @@ def emit(conn: Connection, topic: str, envelope: Envelope,
 
 
 @contextmanager
-def transaction() -> Iterator[OutboxTransaction]:
-    """Run a change and its events in one transaction, then publish the events."""
+def transaction(wait: bool = True) -> Iterator[OutboxTransaction]:
+    """Run a change and its events in one transaction, then publish the events: awaited by
+    default; with `wait=False` (throughput consumers such as span_writer) the publish runs in
+    the background and each row is marked when Pub/Sub confirms it, while the relay still
+    covers whatever is not confirmed."""
     with db.transaction() as conn:
         tx = OutboxTransaction(conn)
         yield tx
     if tx.emitted:
-        publish_rows(tx.emitted)
+        if wait:
+            publish_rows(tx.emitted)
+        else:
+            publish_rows_in_background(tx.emitted)
+
+
+def publish_rows_in_background(ids: list[int]) -> None:
+    """Publish committed rows without waiting; mark each one published when confirmed."""
+    import sqlalchemy
+
+    with db.transaction() as conn:
+        rows = conn.execute(sqlalchemy.text(
+            "SELECT id, topic, payload, attributes FROM outbox "
+            "WHERE id = ANY(:ids) AND published_at IS NULL"), {"ids": ids}).all()
+    publisher = clients.publisher()
+    for row_id, topic, payload, attributes in rows:
+        future = publisher.publish(clients.topic_path(topic), bytes(payload), **attributes)
+        future.add_done_callback(lambda done, row_id=row_id: _mark_when_published(done, row_id))
+
+
+def _mark_when_published(future: Any, row_id: int) -> None:
+    import sqlalchemy
+
+    try:
+        future.result(timeout=0)
+        with db.transaction() as conn:
+            conn.execute(sqlalchemy.text(
+                "UPDATE outbox SET published_at = now(), attempts = attempts + 1 "
+                "WHERE id = :id AND published_at IS NULL"), {"id": row_id})
+    except Exception as exc:  # noqa: BLE001 - the row stays pending; the relay sends it
+        log.warning("outbox row %s not confirmed: %s", row_id, type(exc).__name__)
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,21 @@ def endpoint() -> str | None:
     return f"{base.rstrip('/')}/v1/traces" if base else None
 
 
+def export_headers() -> dict[str, str]:
+    """`OTEL_EXPORTER_OTLP_TRACES_HEADERS` (or `OTEL_EXPORTER_OTLP_HEADERS`): comma-separated
+    `key=value` pairs, values URL-encoded, e.g. `authorization=Bearer%20tt_...`."""
+    from urllib.parse import unquote
+
+    raw = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+           or os.environ.get("OTEL_EXPORTER_OTLP_HEADERS") or "")
+    headers = {}
+    for pair in raw.split(","):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip():
+            headers[key.strip()] = unquote(value.strip())
+    return headers
+
+
 def resource_attributes() -> dict[str, Any]:
     """Who sent the spans, in OpenTelemetry's resource conventions."""
     service = (os.environ.get("OTEL_SERVICE_NAME") or os.environ.get("K_SERVICE")
@@ -181,6 +196,7 @@ class Exporter:
 
     def __init__(self, url: str | None) -> None:
         self.url = url
+        self.headers = export_headers()
         self.queue: queue.Queue[Span] = queue.Queue(MAX_QUEUED)
         self.dropped = 0
         self._lock = threading.Lock()
@@ -234,7 +250,8 @@ class Exporter:
         assert self.url is not None
         body = json.dumps(encode(batch, resource_attributes()), separators=(",", ":")).encode()
         request = urllib.request.Request(self.url, data=body, method="POST",  # noqa: S310
-                                         headers={"Content-Type": "application/json"})
+                                         headers={**self.headers,
+                                                  "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=EXPORT_TIMEOUT_S):  # noqa: S310
                 return len(batch)
