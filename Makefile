@@ -41,6 +41,11 @@ bench: $(STAMP)
 	$(PY) -m bench.stack_start --runs 5
 	$(PY) -m bench.identity
 	$(PY) -m bench.ratelimit
+	$(PY) -m bench.chat_turn
+	$(PY) -m bench.uploads
+	$(PY) -m bench.rewards_claims
+	$(PY) -m bench.telemetry_ingest
+	$(PY) -m bench.telemetry_query --spans 1000000
 
 check: $(STAMP)
 	$(PY) -m emulators check

@@ -88,6 +88,8 @@ RATE_LIMITS: dict[str, RateLimit] = {
     "users": RateLimit(20, 40),
     "chat": RateLimit(30, 60),
     "batch": RateLimit(5, 10),
+    # OTLP exporters send a batch every few seconds per process; many processes share an IP.
+    "telemetry": RateLimit(200, 400),
 }
 
 
@@ -111,6 +113,15 @@ class Function:
     publishes: tuple[str, ...] = ()  # topics this function produces to
     needs_database: bool = False
     rate_limit: str | None = None  # a key of RATE_LIMITS, for client-facing HTTP functions
+    # Manifest buckets whose objects this function reads, writes and deletes (object admin on
+    # each bucket only, never project-wide storage roles).
+    buckets: tuple[str, ...] = ()
+    # Signs Cloud Storage URLs without a key file: IAM signBlob as its own service account
+    # (roles/iam.serviceAccountTokenCreator granted on that account only).
+    signs_urls: bool = False
+    # Sends its own spans to span_ingest (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT). Off for the
+    # telemetry pipeline itself, whose spans would feed back into it.
+    exports_spans: bool = True
 
     @property
     def source(self) -> str:
@@ -159,6 +170,10 @@ LOGIN_TOPIC = "auth.logins"  # user.logged_in (login-streak rewards)
 SIGNUP_TOPIC = "auth.signups"  # user.signed_up (referral rewards)
 CHARACTERS_TOPIC = "characters.events"  # character.created (reward progress)
 CHAT_TOPIC = "chat.turns"  # chat.turn_completed (reward progress)
+SPANS_TOPIC = "telemetry.spans"  # span batches: span_ingest or a Collector -> span_writer
+LOGS_TOPIC = "telemetry.logs"  # log batches, likewise
+ERRORS_TOPIC = "telemetry.errors"  # telemetry.error_batch: new error spans and logs
+REWARDS_TOPIC = "rewards.granted"  # rewards.granted (user notifications)
 # Identity settings shared by every function that verifies tokens.
 _TOKENS = {"JWT_ISSUER": "https://auth.chat-rewards-apm", "JWT_AUDIENCE": "chat-rewards-apm"}
 
@@ -234,12 +249,110 @@ TOPOLOGY = Topology(
             rate_limit="chat",
         ),
         Function(
+            name="events",
+            trigger=Trigger.HTTP,
+            entry_point="events",
+            description="Reward events: operators define them; users read progress.",
+            env=_TOKENS,
+            secrets=("CURSOR_SECRET",),
+            public=True,
+            roles=_DB_ROLES,
+            needs_database=True,
+            rate_limit="users",
+        ),
+        Function(
+            name="reward_claim",
+            trigger=Trigger.HTTP,
+            entry_point="reward_claim",
+            description="Exactly-once reward claims, approvals, wallet and the claim audit.",
+            env=_TOKENS,
+            secrets=("CURSOR_SECRET",),
+            public=True,
+            roles=(*_DB_ROLES, _PUBLISHER),
+            publishes=(REWARDS_TOPIC,),
+            needs_database=True,
+            rate_limit="users",
+        ),
+        Function(
+            name="upload",
+            trigger=Trigger.HTTP,
+            entry_point="upload",
+            description="Uploads: signed PUT URLs, direct small uploads, status and downloads.",
+            env=_TOKENS,
+            public=True,
+            roles=_DB_ROLES,
+            needs_database=True,
+            rate_limit="users",
+            buckets=("uploads",),
+            signs_urls=True,
+        ),
+        Function(
+            name="upload_finalize",
+            trigger=Trigger.TOPIC,
+            entry_point="upload_finalize",
+            description="Checks finalized uploads by magic bytes and size; accepts or rejects.",
+            concurrency=10,
+            roles=_DB_ROLES,
+            needs_database=True,
+            buckets=("uploads",),
+        ),
+        Function(
+            name="span_ingest",
+            trigger=Trigger.HTTP,
+            entry_point="span_ingest",
+            description="OTLP/HTTP receiver: /v1/traces and /v1/logs, protobuf or JSON.",
+            memory_mb=512,
+            concurrency=40,
+            max_instances=20,
+            public=True,
+            roles=(*_DB_ROLES, _PUBLISHER),
+            publishes=(SPANS_TOPIC, LOGS_TOPIC),
+            needs_database=True,  # ingest tokens, rate limits
+            rate_limit="telemetry",
+            exports_spans=False,  # its own spans would feed back into itself
+        ),
+        Function(
+            name="span_writer",
+            trigger=Trigger.TOPIC,
+            entry_point="span_writer",
+            description="COPYs span and log batches into PostgreSQL; announces new errors.",
+            memory_mb=512,
+            concurrency=4,  # each delivery is a large COPY; more instances, not more threads
+            max_instances=10,
+            roles=(*_DB_ROLES, _PUBLISHER),
+            publishes=(ERRORS_TOPIC,),
+            needs_database=True,
+            exports_spans=False,
+        ),
+        Function(
+            name="telemetry_query",
+            trigger=Trigger.HTTP,
+            entry_point="telemetry_query",
+            description="Reads spans and logs: Jaeger query API and the native query API.",
+            env=_TOKENS,
+            secrets=("CURSOR_SECRET",),
+            memory_mb=512,  # a Jaeger search returns up to 50,000 spans
+            public=True,
+            roles=_DB_ROLES,
+            needs_database=True,
+            rate_limit="users",
+        ),
+        Function(
             name="user_lifecycle",
             trigger=Trigger.TOPIC,
             entry_point="user_lifecycle",
             description="Applies status changes and deletions: restrictions, sessions, cleanup.",
             concurrency=10,
             roles=_DB_ROLES,
+            needs_database=True,
+        ),
+        Function(
+            name="activity",
+            trigger=Trigger.TOPIC,
+            entry_point="activity",
+            description="Reward progress from activity events; reward notifications.",
+            concurrency=20,
+            roles=(*_DB_ROLES, "roles/datastore.user"),
             needs_database=True,
         ),
         Function(
@@ -264,25 +377,115 @@ TOPOLOGY = Topology(
             max_instances=1,
             roles=_DB_ROLES,
             needs_database=True,
+            buckets=("uploads",),  # stale pending uploads, deleted users' objects
+        ),
+        Function(
+            name="rollup",
+            trigger=Trigger.SCHEDULE,
+            entry_point="rollup",
+            description="Minute rollups of requests: counts, errors, latency sketches.",
+            timeout_s=120,
+            concurrency=1,
+            max_instances=1,  # runs are serialized by an advisory lock anyway
+            roles=_DB_ROLES,
+            needs_database=True,
+            exports_spans=False,  # the telemetry pipeline does not trace itself
         ),
     ),
     topics=(
         Topic("outbox.tick", description="Cloud Scheduler: outbox sweep"),
         Topic("maintenance.daily", description="Cloud Scheduler: daily retention"),
+        Topic("rollup.tick", description="Cloud Scheduler: minute rollups"),
         Topic("uploads.finalized", description="Bucket notifications: objects finalized"),
         Topic(USERS_TOPIC, description="User status changes and deletions"),
         Topic(LOGIN_TOPIC, description="Successful logins"),
         Topic(SIGNUP_TOPIC, description="New accounts"),
         Topic(CHARACTERS_TOPIC, description="Characters created"),
         Topic(CHAT_TOPIC, description="Chat turns completed"),
+        Topic(REWARDS_TOPIC, description="Reward claims granted"),
+        Topic(SPANS_TOPIC, description="Span batches (span_ingest, or a Collector directly)"),
+        Topic(LOGS_TOPIC, description="Log batches (span_ingest, or a Collector directly)"),
+        Topic(ERRORS_TOPIC, description="New error spans and error logs"),
         Topic(DEAD_LETTER, external=True, description="Messages that exhausted delivery attempts"),
     ),
     subscriptions=(
+        Subscription(
+            name="span-writer.telemetry-spans",
+            topic=SPANS_TOPIC,
+            function="span_writer",
+            ack_deadline_s=120,
+            retry=RetryPolicy(5, 120),
+            dead_letter_topic=DEAD_LETTER,
+            max_delivery_attempts=10,
+        ),
+        Subscription(
+            name="span-writer.telemetry-logs",
+            topic=LOGS_TOPIC,
+            function="span_writer",
+            ack_deadline_s=120,
+            retry=RetryPolicy(5, 120),
+            dead_letter_topic=DEAD_LETTER,
+            max_delivery_attempts=10,
+        ),
+        Subscription(
+            name="activity.auth-logins",
+            topic=LOGIN_TOPIC,
+            function="activity",
+            ack_deadline_s=60,
+            retry=RetryPolicy(10, 600),
+            dead_letter_topic=DEAD_LETTER,
+            max_delivery_attempts=10,
+        ),
+        Subscription(
+            name="activity.auth-signups",
+            topic=SIGNUP_TOPIC,
+            function="activity",
+            ack_deadline_s=60,
+            retry=RetryPolicy(10, 600),
+            dead_letter_topic=DEAD_LETTER,
+            max_delivery_attempts=10,
+        ),
+        Subscription(
+            name="activity.characters-events",
+            topic=CHARACTERS_TOPIC,
+            function="activity",
+            ack_deadline_s=60,
+            retry=RetryPolicy(10, 600),
+            dead_letter_topic=DEAD_LETTER,
+            max_delivery_attempts=10,
+        ),
+        Subscription(
+            name="activity.chat-turns",
+            topic=CHAT_TOPIC,
+            function="activity",
+            ack_deadline_s=60,
+            retry=RetryPolicy(10, 600),
+            dead_letter_topic=DEAD_LETTER,
+            max_delivery_attempts=10,
+        ),
+        Subscription(
+            name="activity.rewards-granted",
+            topic=REWARDS_TOPIC,
+            function="activity",
+            ack_deadline_s=60,
+            retry=RetryPolicy(10, 600),
+            dead_letter_topic=DEAD_LETTER,
+            max_delivery_attempts=10,
+        ),
         Subscription(
             name="user-lifecycle.users-events",
             topic=USERS_TOPIC,
             function="user_lifecycle",
             ack_deadline_s=60,
+            retry=RetryPolicy(10, 600),
+            dead_letter_topic=DEAD_LETTER,
+            max_delivery_attempts=10,
+        ),
+        Subscription(
+            name="upload-finalize.uploads-finalized",
+            topic="uploads.finalized",
+            function="upload_finalize",
+            ack_deadline_s=120,
             retry=RetryPolicy(10, 600),
             dead_letter_topic=DEAD_LETTER,
             max_delivery_attempts=10,
@@ -305,10 +508,20 @@ TOPOLOGY = Topology(
             dead_letter_topic=DEAD_LETTER,
             max_delivery_attempts=5,
         ),
+        Subscription(
+            name="rollup.rollup-tick",
+            topic="rollup.tick",
+            function="rollup",
+            ack_deadline_s=120,
+            retry=RetryPolicy(10, 60),  # the next tick catches up whatever a lost one missed
+            dead_letter_topic=DEAD_LETTER,
+            max_delivery_attempts=5,
+        ),
     ),
     schedules=(
         Schedule("outbox-sweep", cron="* * * * *", topic="outbox.tick"),
         Schedule("maintenance-daily", cron="17 3 * * *", topic="maintenance.daily"),
+        Schedule("rollup-every-minute", cron="* * * * *", topic="rollup.tick"),
     ),
     buckets=(
         Bucket("uploads", notification_topic="uploads.finalized"),
