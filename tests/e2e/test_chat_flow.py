@@ -196,3 +196,15 @@ def test_model_faults_retry_then_break_with_a_clean_503(stack: dict[str, Any]) -
     requests.delete(f"{chat.standin}/__standin/faults", timeout=5)
     time.sleep(float(E2E_SETTINGS["GENAI_BREAKER_COOLDOWN_S"]) + 0.5)
     assert chat.say("Healthy again").status_code == 201
+
+
+def test_a_retried_post_with_the_same_key_is_the_same_turn(stack: dict[str, Any]) -> None:
+    chat = Chat(stack)
+    key = str(uuid.uuid4())
+    first = chat.say("Only once, please.", **{"Idempotency-Key": key})
+    again = chat.say("Only once, please.", **{"Idempotency-Key": key})
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+    assert [m["content"] for m in chat.messages()].count("Only once, please.") == 1
+    reused = chat.say("Something else.", **{"Idempotency-Key": key})
+    assert reused.status_code == 422 and reused.json()["code"] == "idempotency_key_reused"

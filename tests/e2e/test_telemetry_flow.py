@@ -119,3 +119,29 @@ def test_the_product_observes_itself(stack: dict[str, Any]) -> None:
     assert span["operationName"] == "GET /characters"
     tags = {t["key"]: t["value"] for t in span["tags"]}
     assert tags["http.route"] == "/characters"
+
+
+def test_otlp_json_is_read_back_too(stack: dict[str, Any]) -> None:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from tests.integration.test_telemetry_ingest import JsonExporter
+
+    service = f"json-{uuid.uuid4().hex[:6]}"
+    exporter = JsonExporter(_url(stack, "span_ingest", "/v1/traces"))
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("e2e").start_as_current_span("json op",
+                                                          attributes={"n": 7}) as span:
+        pass
+    provider.shutdown()
+    assert [r.status_code for r in exporter.responses] == [200]
+    trace_id = f"{span.get_span_context().trace_id:032x}"
+    ops = _operator(stack)
+    found = _wait(lambda: (lambda r: r.json() if r.status_code == 200 else None)(
+        requests.get(_url(stack, "telemetry_query", f"/api/traces/{trace_id}"), headers=ops,
+                     timeout=10)), "the JSON-sent trace")
+    (only,) = found["data"][0]["spans"]
+    assert only["operationName"] == "json op"
+    assert {"key": "n", "type": "int64", "value": 7} in only["tags"]
