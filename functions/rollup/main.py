@@ -1,7 +1,8 @@
 """rollup: on each `rollup.tick` (Cloud Scheduler, every minute) roll up the closed minutes of
 requests per (tenant, service, environment, operation): counts, errors and a latency sketch
 (`shared.rollup`). Duplicate and replayed ticks change nothing; a lost tick is caught up by the
-next one; spans late within the lateness allowance are counted in their minute."""
+next one; spans late within the lateness allowance are counted in their minute. Then the alert
+rules are evaluated on the newly rolled-up minutes; their transitions go to `telemetry.alerts`."""
 
 from __future__ import annotations
 
@@ -27,6 +28,13 @@ def run_rollup(message: PushMessage) -> None:
     log.info("rollup: %d minutes from %s, %d rows, %d changed", result.minutes,
              result.start.isoformat() if result.start else None, result.rows, result.changed,
              extra={"minutes": result.minutes, "rows": result.rows, "changed": result.changed})
+    # Alert rules on the minutes just rolled up, one by one, in order (`shared.alerts`).
+    from shared import alerts
+
+    evaluated = alerts.evaluate()
+    log.info("alerts: %d minutes evaluated, %d transitions", evaluated.minutes,
+             evaluated.transitions,
+             extra={"minutes": evaluated.minutes, "transitions": evaluated.transitions})
 
 
 app = push_function("rollup", run_rollup)
