@@ -40,6 +40,9 @@ MINUTE = timedelta(minutes=1)
 LATENESS = timedelta(minutes=2)  # the lateness allowance (see the module docstring)
 MAX_MINUTES = 180  # minutes rolled up by one run at most
 STATE = "spans"  # rollup_state row of the span rollup
+HOURLY_STATE = "spans_hourly"  # rollup_state row of the hourly merge (the last hour done)
+HOUR = timedelta(hours=1)
+MAX_HOURS = 6  # hours merged by one run at most
 _LOCK = "telemetry_rollup"
 _UPSERT_CHUNK = 500  # rows per INSERT statement (8 parameters each)
 
@@ -109,11 +112,56 @@ def roll_up_in(conn: Connection, now: datetime) -> RollupResult:
         return RollupResult(None, None, 0, 0)
     rollups = compute(conn, start, end)
     changed = upsert(conn, rollups)
+    _set_state(conn, STATE, end - MINUTE)
+    roll_up_hours(conn, end - MINUTE)
+    return RollupResult(start, end, len(rollups), changed)
+
+
+def _set_state(conn: Connection, name: str, moment: datetime) -> None:
     conn.execute(_sql(
         "INSERT INTO rollup_state (name, last_minute) VALUES (:name, :minute) "
         "ON CONFLICT (name) DO UPDATE SET last_minute = GREATEST(rollup_state.last_minute, "
-        "excluded.last_minute), updated_at = now()"), {"name": STATE, "minute": end - MINUTE})
-    return RollupResult(start, end, len(rollups), changed)
+        "excluded.last_minute), updated_at = now()"), {"name": name, "minute": moment})
+
+
+def floor_hour(moment: datetime) -> datetime:
+    return floor_minute(moment).replace(minute=0)
+
+
+def roll_up_hours(conn: Connection, last_minute_done: datetime) -> int:
+    """Merge each hour whose minutes can no longer change (they end before the lateness
+    allowance of the newest minute done) into `rollups_hourly`, after the last hour done, at
+    most `MAX_HOURS` per run. Idempotent like the minutes: unchanged rows are not written.
+    Returns the hours merged."""
+    final_before = floor_hour(last_minute_done - LATENESS + MINUTE)
+    done = conn.execute(_sql("SELECT last_minute FROM rollup_state WHERE name = :name"),
+                        {"name": HOURLY_STATE}).scalar()
+    if done is not None:
+        hour = done.astimezone(UTC) + HOUR
+    else:
+        first = conn.execute(_sql("SELECT min(minute) FROM rollups")).scalar()
+        if first is None:
+            return 0
+        hour = floor_hour(first)
+    merged = 0
+    while hour + HOUR <= final_before and merged < MAX_HOURS:
+        hourly: dict[Key, MinuteRollup] = {}
+        for tenant, service, environment, operation, requests, errors, data in conn.execute(
+                _sql("SELECT tenant, service, environment, operation, requests, errors, sketch "
+                     "FROM rollups WHERE minute >= :h AND minute < :e"),
+                {"h": hour, "e": hour + HOUR}):
+            key = (hour, tenant, service, environment, operation)
+            total = hourly.get(key)
+            if total is None:
+                total = hourly[key] = MinuteRollup(0, 0, LatencySketch())
+            total.requests += int(requests)
+            total.errors += int(errors)
+            total.sketch.merge(LatencySketch.from_bytes(bytes(data)))
+        upsert(conn, hourly, table="rollups_hourly", column="hour")
+        _set_state(conn, HOURLY_STATE, hour)
+        hour += HOUR
+        merged += 1
+    return merged
 
 
 def compute(conn: Connection, start: datetime, end: datetime,
@@ -147,16 +195,18 @@ def compute(conn: Connection, start: datetime, end: datetime,
     return found
 
 
-def upsert(conn: Connection, rollups: dict[Key, MinuteRollup]) -> int:
+def upsert(conn: Connection, rollups: dict[Key, MinuteRollup], table: str = "rollups",
+           column: str = "minute") -> int:
     """Write rollups by key; a row whose values are unchanged is not written. Rows changed."""
     changed = 0
     items = sorted(rollups.items(), key=lambda item: item[0])
     for offset in range(0, len(items), _UPSERT_CHUNK):
-        changed += _upsert_chunk(conn, items[offset:offset + _UPSERT_CHUNK])
+        changed += _upsert_chunk(conn, items[offset:offset + _UPSERT_CHUNK], table, column)
     return changed
 
 
-def _upsert_chunk(conn: Connection, items: Iterable[tuple[Key, MinuteRollup]]) -> int:
+def _upsert_chunk(conn: Connection, items: Iterable[tuple[Key, MinuteRollup]],
+                  table: str = "rollups", column: str = "minute") -> int:
     values: list[str] = []
     params: dict[str, Any] = {}
     for n, ((minute, tenant, service, environment, operation), rollup) in enumerate(items):
@@ -167,10 +217,10 @@ def _upsert_chunk(conn: Connection, items: Iterable[tuple[Key, MinuteRollup]]) -
     if not values:
         return 0
     result = conn.execute(_sql(
-        "INSERT INTO rollups (minute, tenant, service, environment, operation, requests, "
+        f"INSERT INTO {table} ({column}, tenant, service, environment, operation, requests, "
         f"errors, sketch) VALUES {', '.join(values)} "
-        "ON CONFLICT (minute, tenant, service, environment, operation) DO UPDATE SET "
+        f"ON CONFLICT ({column}, tenant, service, environment, operation) DO UPDATE SET "
         "requests = excluded.requests, errors = excluded.errors, sketch = excluded.sketch, "
-        "rolled_at = now() WHERE (rollups.requests, rollups.errors, rollups.sketch) "
+        f"rolled_at = now() WHERE ({table}.requests, {table}.errors, {table}.sketch) "
         "IS DISTINCT FROM (excluded.requests, excluded.errors, excluded.sketch)"), params)
     return int(result.rowcount)

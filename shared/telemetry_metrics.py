@@ -17,7 +17,16 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from shared.rollup import MINUTE, STATE, compute, floor_minute
+from shared.rollup import (
+    HOUR,
+    HOURLY_STATE,
+    MINUTE,
+    STATE,
+    MinuteRollup,
+    compute,
+    floor_hour,
+    floor_minute,
+)
 from shared.sketch import LatencySketch
 from shared.telemetry_params import Window, bad, iso
 
@@ -69,31 +78,30 @@ def choose_step(span: timedelta, step: timedelta | None) -> timedelta:
     return step
 
 
-def service_metrics(conn: Connection, service: str, metrics_window: Window,
-                    step: timedelta | None, tenant: str | None, operation: str | None = None
-                    ) -> dict[str, Any]:
-    """The series of [from, to) at `step` (None: a default for the range), for one operation
-    (span name) or the whole service. `rolledUpUntil`: minutes before it came from rollups."""
-    start, end = floor_minute(metrics_window.start), ceil_minute(metrics_window.end)
-    if end == start:
-        end = start + MINUTE
-    step = choose_step(end - start, step)
+def minutes(conn: Connection, services: list[str], start: datetime, end: datetime,
+            tenant: str | None, operation: str | None = None
+            ) -> tuple[dict[tuple[datetime, str, str], MinuteRollup], datetime | None]:
+    """Per (minute, service, operation) in [start, end): requests, errors and the merged
+    latency sketch over tenants and environments. Minutes the rollup has covered come from
+    `rollups`, the rest from raw spans. Also returns the boundary (None: nothing rolled up)."""
     last_done = conn.execute(_sql("SELECT last_minute FROM rollup_state WHERE name = :name"),
                              {"name": STATE}).scalar()
     # Minutes before `boundary` come from rollups, the rest from raw spans.
     boundary = min(max(start, last_done + MINUTE), end) if last_done is not None else start
-    steps = list(_steps(start, end, step))
-    sketches = [LatencySketch() for _ in steps]
-    requests, errors = [0] * len(steps), [0] * len(steps)
+    found: dict[tuple[datetime, str, str], MinuteRollup] = {}
 
-    def add(minute: datetime, count: int, failed: int, sketch: LatencySketch) -> None:
-        index = (minute - start) // step
-        requests[index] += count
-        errors[index] += failed
-        sketches[index].merge(sketch)
+    def add(minute: datetime, service: str, name: str, count: int, failed: int,
+            sketch: LatencySketch) -> None:
+        key = (minute, service, name)
+        rollup = found.get(key)
+        if rollup is None:
+            rollup = found[key] = MinuteRollup(0, 0, LatencySketch(sketch.relative_accuracy))
+        rollup.requests += count
+        rollup.errors += failed
+        rollup.sketch.merge(sketch)
 
-    clauses, raw = ["service = :service"], ["service = :service"]
-    params = {"service": service}
+    clauses, raw = ["service = ANY(:services)"], ["service = ANY(:services)"]
+    params: dict[str, Any] = {"services": services}
     if tenant is not None:
         clauses.append("tenant = :tenant")
         raw.append("tenant = :tenant")
@@ -104,16 +112,99 @@ def service_metrics(conn: Connection, service: str, metrics_window: Window,
         params["operation"] = operation
     if boundary > start:
         rows = conn.execute(_sql(
-            "SELECT minute, requests, errors, sketch FROM rollups WHERE "
+            "SELECT minute, service, operation, requests, errors, sketch FROM rollups WHERE "
             f"{' AND '.join(clauses)} AND minute >= :start AND minute < :boundary"),
             params | {"start": start, "boundary": boundary})
-        for minute, count, failed, data in rows:
-            add(minute.astimezone(UTC), int(count), int(failed),
+        for minute, service, name, count, failed, data in rows:
+            add(minute.astimezone(UTC), service, name, int(count), int(failed),
                 LatencySketch.from_bytes(bytes(data)))
     if boundary < end:
         where = "AND " + " AND ".join(raw)
         for key, rollup in compute(conn, boundary, end, where, params).items():
-            add(key[0], rollup.requests, rollup.errors, rollup.sketch)
+            add(key[0], key[2], key[4], rollup.requests, rollup.errors, rollup.sketch)
+    return found, (boundary if boundary > start else None)
+
+
+def totals(conn: Connection, start: datetime, end: datetime, tenant: str | None,
+           group: str, service: str | None = None) -> dict[str, MinuteRollup]:
+    """Requests, errors and the merged latency sketch over [start, end) (whole minutes) per
+    service (`group="service"`) or per endpoint of one service (`group="endpoint"`): whole
+    hours from `rollups_hourly`, the other rolled-up minutes from `rollups`, the rest from raw
+    spans. What long ranges of the services
+    overview and the endpoint ranking are answered from."""
+    states = dict(conn.execute(_sql(
+        "SELECT name, last_minute FROM rollup_state WHERE name IN (:minutes, :hours)"),
+        {"minutes": STATE, "hours": HOURLY_STATE}).all())
+    last_done, last_hour = states.get(STATE), states.get(HOURLY_STATE)
+    boundary = min(max(start, last_done + MINUTE), end) if last_done is not None else start
+    # Whole hours merged already come from `rollups_hourly`: 24 sketches a day per key.
+    first_hour = floor_hour(start) + (HOUR if floor_hour(start) < start else timedelta(0))
+    hours_end = min(floor_hour(boundary), last_hour + HOUR) if last_hour is not None \
+        else first_hour
+    found: dict[str, MinuteRollup] = {}
+
+    def add(name: str, count: int, failed: int, sketch: LatencySketch) -> None:
+        total = found.get(name)
+        if total is None:
+            total = found[name] = MinuteRollup(0, 0, LatencySketch(sketch.relative_accuracy))
+        total.requests += count
+        total.errors += failed
+        total.sketch.merge(sketch)
+
+    clauses, params = ["minute >= :start", "minute < :boundary"], {
+        "start": start, "boundary": boundary}
+    raw: list[str] = []
+    if tenant is not None:
+        clauses.append("tenant = :tenant")
+        raw.append("tenant = :tenant")
+        params["tenant"] = tenant
+    if service is not None:
+        clauses.append("service = :service")
+        raw.append("service = :service")
+        params["service"] = service
+    column = "service" if group == "service" else "operation"
+    filters = clauses[2:]  # tenant, service
+    if hours_end > first_hour:
+        hourly = ["hour >= :first_hour", "hour < :hours_end", *filters]
+        for name, count, failed, data in conn.execute(_sql(
+                f"SELECT {column}, requests, errors, sketch FROM rollups_hourly "
+                f"WHERE {' AND '.join(hourly)}"),
+                params | {"first_hour": first_hour, "hours_end": hours_end}):
+            add(name, int(count), int(failed), LatencySketch.from_bytes(bytes(data)))
+        clauses = ["((minute >= :start AND minute < :first_hour) OR "
+                   "(minute >= :hours_end AND minute < :boundary))", *filters]
+        params |= {"first_hour": first_hour, "hours_end": hours_end}
+    if boundary > start:
+        for name, count, failed, data in conn.execute(_sql(
+                f"SELECT {column}, requests, errors, sketch FROM rollups "
+                f"WHERE {' AND '.join(clauses)}"), params):
+            add(name, int(count), int(failed), LatencySketch.from_bytes(bytes(data)))
+    if boundary < end:
+        where = ("AND " + " AND ".join(raw)) if raw else ""
+        for key, rollup in compute(conn, boundary, end, where, params).items():
+            add(key[2] if group == "service" else key[4], rollup.requests, rollup.errors,
+                rollup.sketch)
+    return found
+
+
+def service_metrics(conn: Connection, service: str, metrics_window: Window,
+                    step: timedelta | None, tenant: str | None, operation: str | None = None
+                    ) -> dict[str, Any]:
+    """The series of [from, to) at `step` (None: a default for the range), for one operation
+    (span name) or the whole service. `rolledUpUntil`: minutes before it came from rollups."""
+    start, end = floor_minute(metrics_window.start), ceil_minute(metrics_window.end)
+    if end == start:
+        end = start + MINUTE
+    step = choose_step(end - start, step)
+    steps = list(_steps(start, end, step))
+    sketches = [LatencySketch() for _ in steps]
+    requests, errors = [0] * len(steps), [0] * len(steps)
+    found, boundary = minutes(conn, [service], start, end, tenant, operation)
+    for (minute, _, _), rollup in found.items():
+        index = (minute - start) // step
+        requests[index] += rollup.requests
+        errors[index] += rollup.errors
+        sketches[index].merge(rollup.sketch)
 
     points = []
     for index, moment in enumerate(steps):
@@ -129,7 +220,7 @@ def service_metrics(conn: Connection, service: str, metrics_window: Window,
         points.append(point)
     return {"service": service, "operation": operation, "from": iso(start), "to": iso(end),
             "stepSeconds": int(step.total_seconds()),
-            "rolledUpUntil": iso(boundary) if boundary > start else None, "points": points}
+            "rolledUpUntil": iso(boundary) if boundary else None, "points": points}
 
 
 def _steps(start: datetime, end: datetime, step: timedelta) -> list[datetime]:

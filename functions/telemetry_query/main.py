@@ -114,6 +114,51 @@ def jaeger_trace(call: Call) -> dict[str, Any]:
         return jaeger.get_trace(conn, call.params["trace_id"], tenant)
 
 
+# --- Jaeger monitor tab (SPM) ----------------------------------------------------------------
+
+
+@app.route("GET", "/api/metrics/latencies", role=READ_ROLE,
+           summary="Jaeger monitor: latency quantile per service (or operation)")
+@jaeger_errors
+def jaeger_latencies(call: Call) -> dict[str, Any]:
+    return _jaeger_metrics(call, "latencies")
+
+
+@app.route("GET", "/api/metrics/calls", role=READ_ROLE,
+           summary="Jaeger monitor: calls per second per service (or operation)")
+@jaeger_errors
+def jaeger_calls(call: Call) -> dict[str, Any]:
+    return _jaeger_metrics(call, "calls")
+
+
+@app.route("GET", "/api/metrics/errors", role=READ_ROLE,
+           summary="Jaeger monitor: error rate per service (or operation)")
+@jaeger_errors
+def jaeger_errors_rate(call: Call) -> dict[str, Any]:
+    return _jaeger_metrics(call, "errors")
+
+
+@app.route("GET", "/api/metrics/minstep", role=READ_ROLE,
+           summary="Jaeger monitor: the smallest step, in milliseconds")
+def jaeger_minstep(call: Call) -> dict[str, Any]:
+    from shared import telemetry_jaeger as jaeger
+    from shared.telemetry_jaeger_metrics import MIN_STEP
+
+    return jaeger.response(int(MIN_STEP.total_seconds() * 1000))
+
+
+def _jaeger_metrics(call: Call, metric: str) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    from shared import telemetry_jaeger_metrics as spm
+    from shared.telemetry_query import reading
+
+    query = spm.parse(call.request.args, datetime.now(UTC), metric == "latencies")
+    tenant = _tenant(call)
+    with reading() as conn:
+        return spm.family(conn, query, metric, tenant)
+
+
 # --- native API ----------------------------------------------------------------------------
 
 

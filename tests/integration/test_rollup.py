@@ -209,3 +209,30 @@ def test_the_scheduled_function_rolls_up_the_closed_minutes(
             time.sleep(0.05)
     rows: dict[Any, Any] = spans.rows()
     assert rows[(minute, "checkout", "POST /pay")][:2] == (2, 1)
+
+
+def test_closed_hours_are_merged_once_and_equal_their_minutes(identity: Any) -> None:
+    from shared import db, rollup
+    from shared.sketch import LatencySketch
+
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    hour = rollup.floor_hour(now) - 3 * rollup.HOUR
+    with db.transaction() as conn:
+        telemetry_store.ensure_partitions(conn, "spans", {hour.date(), now.date()})
+    for minute in range(0, 120, 7):
+        identity.sql(
+            "INSERT INTO spans (trace_id, span_id, start_time, duration_ns, service, name, kind) "
+            "VALUES (:t, :s, :at, :d, 'svc', 'op', 2)", t=os.urandom(16), s=os.urandom(8),
+            at=hour + minute * rollup.MINUTE, d=(minute + 1) * 1000)
+    rollup.roll_up(hour + 180 * rollup.MINUTE)  # backfills the three hours
+    rows = identity.sql("SELECT hour, requests, sketch FROM rollups_hourly ORDER BY hour")
+    assert [(h.astimezone(UTC), r) for h, r, _ in rows] == [(hour, 9), (hour + rollup.HOUR, 9)]
+    minutes = identity.sql("SELECT sketch FROM rollups WHERE minute < :e",
+                           e=hour + rollup.HOUR)
+    merged = LatencySketch()
+    for (data,) in minutes:
+        merged.merge(LatencySketch.from_bytes(bytes(data)))
+    assert LatencySketch.from_bytes(bytes(rows[0][2])).quantile(0.9) == merged.quantile(0.9)
+    with db.transaction() as conn:  # a repeated run merges nothing new and changes nothing
+        assert rollup.roll_up_hours(conn, hour + 179 * rollup.MINUTE) == 0
+    assert identity.sql("SELECT count(*) FROM rollups_hourly") == [(2,)]

@@ -145,3 +145,104 @@ def test_read_tokens_see_only_their_tenant(metrics: Metrics) -> None:
             .json["points"]] == [2]
     with metrics.identity.engine.connect() as conn:
         assert conn.execute(sqlalchemy.text("SELECT count(*) FROM rollups")).scalar() == 2
+
+
+def test_jaeger_monitor_tab_api(metrics: Metrics) -> None:
+    """`/api/metrics/*` as the Jaeger UI's monitor tab calls them: each point looks back
+    `ratePer` (here 2 minutes) from its time, like Prometheus' rate()."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    first = now - 6 * MINUTE
+    per_minute: list[list[int]] = []
+    for minute in range(6):  # six closed minutes: 10 requests each, one of them an error
+        durations = [(minute + 1) * 1_000_000 * (i + 1) for i in range(10)]
+        for i, duration in enumerate(durations):
+            metrics.insert(first + minute * MINUTE + timedelta(seconds=i), duration,
+                           status=2 if i == 0 else 0,
+                           name="GET /cart" if i % 2 else "POST /pay")
+        per_minute.append(durations)
+    rollup.roll_up(first + 4 * MINUTE + timedelta(seconds=1))  # half from rollups
+    base = {"service": "shop", "endTs": int((now - MINUTE).timestamp() * 1000),
+            "lookback": 3 * 60_000, "step": 60_000, "ratePer": 2 * 60_000}
+
+    calls = metrics.get("/api/metrics/calls", **base)
+    assert calls.status_code == 200, calls.json
+    family = calls.json
+    assert family["name"] == "service_call_rate" and family["type"] == "GAUGE"
+    (series,) = family["metrics"]
+    assert series["labels"] == [{"name": "service_name", "value": "shop"}]
+    assert [p["gaugeValue"]["doubleValue"] for p in series["metricPoints"]] == [
+        pytest.approx(20 / 120, abs=1e-6)] * 3
+    assert series["metricPoints"][-1]["timestamp"] == (now - MINUTE).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+
+    errors = metrics.get("/api/metrics/errors", **base).json
+    assert errors["name"] == "service_error_rate"
+    assert [p["gaugeValue"]["doubleValue"] for p in errors["metrics"][0]["metricPoints"]] == [
+        pytest.approx(0.1, abs=1e-6)] * 3
+
+    latencies = metrics.get("/api/metrics/latencies", quantile="0.95", **base).json
+    assert latencies["name"] == "service_latencies"
+    last = latencies["metrics"][0]["metricPoints"][-1]["gaugeValue"]["doubleValue"]
+    union = per_minute[4] + per_minute[5]  # the last point's two-minute window
+    truth = lower_quantile(union, 0.95) / 1e6
+    assert abs(last - truth) <= 0.01 * truth
+
+    grouped = metrics.get("/api/metrics/calls", groupByOperation="true", **base).json
+    assert grouped["name"] == "service_operation_call_rate"
+    assert [m["labels"][1]["value"] for m in grouped["metrics"]] == ["GET /cart", "POST /pay"]
+
+    # Client spans are not requests: no series. Bad parameters: 400 with Jaeger's errors.
+    client = metrics.get("/api/metrics/calls", spanKind="SPAN_KIND_CLIENT", **base).json
+    assert client["metrics"] == []
+    for bad in ({"quantile": "2"}, {"quantile": "x"}):
+        resp = metrics.get("/api/metrics/latencies", **base | bad)
+        assert resp.status_code == 400 and resp.json["errors"][0]["code"] == 400
+    for bad in ({"service": ""}, {"spanKind": "SPAN_KIND_NOPE"}, {"lookback": "-5"},
+                {"endTs": "yesterday"}, {"groupByOperation": "maybe"}):
+        resp = metrics.get("/api/metrics/calls", **base | bad)
+        assert resp.status_code == 400, bad
+        assert "unable to parse param" in resp.json["errors"][0]["msg"]
+    minstep = metrics.get("/api/metrics/minstep").json
+    assert minstep["data"] == 60_000
+
+
+def test_long_ranges_of_the_overview_and_ranking_come_from_rollups(metrics: Metrics) -> None:
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    first = now - 7 * timedelta(hours=1)
+    durations = []
+    for i in range(200):  # spread over seven hours, then rolled up
+        duration = (i + 1) * 1_000_000
+        metrics.insert(first + timedelta(minutes=2 * i), duration, status=2 if i < 10 else 0)
+        durations.append(duration)
+    moment = first + rollup.MAX_MINUTES * MINUTE  # the first run backfills MAX_MINUTES
+    while moment < now - 30 * MINUTE:
+        rollup.roll_up(moment)
+        moment += rollup.MAX_MINUTES * MINUTE
+    rollup.roll_up(now - 30 * MINUTE)
+    # The raw spans of rolled-up minutes go: only the rollups can still answer for them.
+    metrics.identity.sql("DELETE FROM spans WHERE start_time < :t", t=now - 31 * MINUTE)
+    metrics.insert(now - 5 * MINUTE, 1_000_000)  # the raw tail the rollup has not reached
+    window = {"from": iso(first - MINUTE), "to": iso(now)}
+    overview = metrics.get("/v1/services", **window)
+    assert overview.status_code == 200, overview.json
+    (shop,) = overview.json["items"]
+    # Rolled-up minutes from rollups, the later ones (and the extra span) from raw spans.
+    assert shop["requests"] == len(durations) + 1 and shop["errors"] == 10
+    truth = lower_quantile([*durations, 1_000_000], 0.95) / 1e6
+    assert abs(shop["p95Ms"] - truth) <= 0.01 * truth
+    ranking = metrics.get("/v1/services/shop/endpoints", **window).json
+    assert [e["endpoint"] for e in ranking["items"]] == ["GET /cart"]
+    assert ranking["items"][0]["requests"] == shop["requests"]
+    # Whole hours come from the hourly merge: without their minute rows, the same answer.
+    ((hours,),) = metrics.identity.sql("SELECT count(DISTINCT hour) FROM rollups_hourly")
+    assert hours >= 5
+    whole_hours_from = (first - MINUTE).replace(minute=0) + timedelta(hours=1)
+    metrics.identity.sql(
+        "DELETE FROM rollups WHERE minute >= :h AND "
+        "minute < (SELECT max(hour) + interval '1 hour' FROM rollups_hourly)",
+        h=whole_hours_from)
+    again = metrics.get("/v1/services", **window).json["items"][0]
+    assert again == shop
+    # A short range is still answered from raw spans (only the tail is left there).
+    short = metrics.get("/v1/services", **{"from": iso(now - 10 * MINUTE), "to": iso(now)})
+    assert short.json["items"][0]["requests"] == 1
