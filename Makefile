@@ -46,6 +46,8 @@ bench: $(STAMP)
 	$(PY) -m bench.rewards_claims
 	$(PY) -m bench.telemetry_ingest
 	$(PY) -m bench.telemetry_query --spans 1000000
+	$(PY) -m bench.rollup
+	$(PY) -m bench.error_fanout
 
 check: $(STAMP)
 	$(PY) -m emulators check

@@ -174,6 +174,8 @@ SPANS_TOPIC = "telemetry.spans"  # span batches: span_ingest or a Collector -> s
 LOGS_TOPIC = "telemetry.logs"  # log batches, likewise
 ERRORS_TOPIC = "telemetry.errors"  # telemetry.error_batch: new error spans and logs
 REWARDS_TOPIC = "rewards.granted"  # rewards.granted (user notifications)
+ALERTS_TOPIC = "telemetry.alerts"  # alert.transition: alert rule state changes
+WEBHOOKS_TOPIC = "webhooks.deliveries"  # webhook.delivery: one notification to one destination
 # Identity settings shared by every function that verifies tokens.
 _TOKENS = {"JWT_ISSUER": "https://auth.chat-rewards-apm", "JWT_AUDIENCE": "chat-rewards-apm"}
 
@@ -387,9 +389,54 @@ TOPOLOGY = Topology(
             timeout_s=120,
             concurrency=1,
             max_instances=1,  # runs are serialized by an advisory lock anyway
-            roles=_DB_ROLES,
+            roles=(*_DB_ROLES, _PUBLISHER),
+            publishes=(ALERTS_TOPIC,),  # alert rules are evaluated after each run
             needs_database=True,
             exports_spans=False,  # the telemetry pipeline does not trace itself
+        ),
+        Function(
+            name="alerts",
+            trigger=Trigger.HTTP,
+            entry_point="alerts",
+            description="Alert rules evaluated by rollup, and their current states (operators).",
+            env=_TOKENS,
+            public=True,
+            roles=_DB_ROLES,
+            needs_database=True,
+            rate_limit="users",
+        ),
+        Function(
+            name="error_fanout",
+            trigger=Trigger.TOPIC,
+            entry_point="error_fanout",
+            description="Groups errors, keeps the Firestore error feed, notifies webhooks.",
+            memory_mb=512,
+            concurrency=8,
+            roles=(*_DB_ROLES, _PUBLISHER, "roles/datastore.user"),
+            publishes=(WEBHOOKS_TOPIC,),
+            needs_database=True,
+            exports_spans=False,  # its own errors would feed back into it
+        ),
+        Function(
+            name="webhooks",
+            trigger=Trigger.HTTP,
+            entry_point="webhooks",
+            description="Webhook destinations of error and alert notifications (operators).",
+            env=_TOKENS,
+            public=True,
+            roles=_DB_ROLES,
+            needs_database=True,
+            rate_limit="users",
+        ),
+        Function(
+            name="webhook_sender",
+            trigger=Trigger.TOPIC,
+            entry_point="webhook_sender",
+            description="POSTs webhook deliveries (signed); retried with backoff, dead-lettered.",
+            concurrency=20,
+            roles=_DB_ROLES,
+            needs_database=True,
+            exports_spans=False,  # a failing receiver must not feed errors back into the fan-out
         ),
     ),
     topics=(
@@ -406,6 +453,8 @@ TOPOLOGY = Topology(
         Topic(SPANS_TOPIC, description="Span batches (span_ingest, or a Collector directly)"),
         Topic(LOGS_TOPIC, description="Log batches (span_ingest, or a Collector directly)"),
         Topic(ERRORS_TOPIC, description="New error spans and error logs"),
+        Topic(ALERTS_TOPIC, description="Alert rule transitions"),
+        Topic(WEBHOOKS_TOPIC, description="Webhook deliveries (error_fanout's outbox)"),
         Topic(DEAD_LETTER, external=True, description="Messages that exhausted delivery attempts"),
     ),
     subscriptions=(
@@ -516,6 +565,33 @@ TOPOLOGY = Topology(
             retry=RetryPolicy(10, 60),  # the next tick catches up whatever a lost one missed
             dead_letter_topic=DEAD_LETTER,
             max_delivery_attempts=5,
+        ),
+        Subscription(
+            name="error-fanout.telemetry-errors",
+            topic=ERRORS_TOPIC,
+            function="error_fanout",
+            ack_deadline_s=120,
+            retry=RetryPolicy(5, 120),
+            dead_letter_topic=DEAD_LETTER,
+            max_delivery_attempts=10,
+        ),
+        Subscription(
+            name="error-fanout.telemetry-alerts",
+            topic=ALERTS_TOPIC,
+            function="error_fanout",
+            ack_deadline_s=60,
+            retry=RetryPolicy(5, 120),
+            dead_letter_topic=DEAD_LETTER,
+            max_delivery_attempts=10,
+        ),
+        Subscription(
+            name="webhook-sender.webhooks-deliveries",
+            topic=WEBHOOKS_TOPIC,
+            function="webhook_sender",
+            ack_deadline_s=60,  # the POST times out after 10 s
+            retry=RetryPolicy(10, 600),
+            dead_letter_topic=DEAD_LETTER,
+            max_delivery_attempts=10,
         ),
     ),
     schedules=(
