@@ -412,6 +412,35 @@ def _store_notification(conn: Connection, notification: Notification) -> None:
              extra={"notificationId": notification.id, "kind": notification.kind})
 
 
+GROUP_STATUSES = ("open", "resolved")
+MAX_GROUPS = 500
+
+
+def list_groups(conn: Connection, service: str | None, status: str | None, tenant: str | None,
+                limit: int = 100, fingerprint: str | None = None) -> list[dict[str, Any]]:
+    """Error groups, most recently seen first, optionally of one service, status, tenant or
+    fingerprint."""
+    import sqlalchemy
+
+    clauses: list[str] = ["true"]
+    params: dict[str, Any] = {"limit": min(limit, MAX_GROUPS)}
+    for column, value in (("service", service), ("status", status), ("tenant", tenant),
+                          ("fingerprint", fingerprint)):
+        if value is not None:
+            clauses.append(f"{column} = :{column}")
+            params[column] = value
+    rows = conn.execute(sqlalchemy.text(
+        "SELECT fingerprint, tenant, service, environment, exception_type, message, top_frame, "
+        "sample_message, occurrences, users, status, first_seen, last_seen, resolved_at "
+        f"FROM error_groups WHERE {' AND '.join(clauses)} "
+        "ORDER BY last_seen DESC, fingerprint LIMIT :limit"), params).all()
+    return [{"fingerprint": r[0], "tenant": r[1], "service": r[2], "environment": r[3],
+             "exceptionType": r[4], "message": r[5], "topFrame": r[6], "sampleMessage": r[7],
+             "occurrences": int(r[8]), "users": int(r[9]), "status": r[10],
+             "firstSeen": r[11].isoformat(), "lastSeen": r[12].isoformat(),
+             "resolvedAt": r[13].isoformat() if r[13] else None} for r in rows]
+
+
 def resolve(conn: Connection, fp: str) -> bool:
     """Mark a group resolved: its next error is a regression."""
     import sqlalchemy

@@ -1,6 +1,7 @@
 """alerts: operators manage the alert rules the `rollup` function evaluates every minute (service
 down, error rate, latency percentile, traffic spike; the defaults of seed 003 are seeded) and
-read the rules' current states (`shared.alerts`)."""
+read the rules' current states (`shared.alerts`); and list the error groups `error_fanout`
+keeps and mark them resolved, so the next error of a resolved group is a regression."""
 
 from __future__ import annotations
 
@@ -83,6 +84,39 @@ def list_alerts(call: Call) -> dict[str, Any]:
 
 def _id(call: Call) -> str:
     return parse_uuid(call.params["rule_id"], "alert rule")
+
+
+@app.route("GET", "/error-groups", role=ROLE, summary="Error groups, most recently seen first")
+def error_groups(call: Call) -> dict[str, Any]:
+    from shared import db, errors
+    from shared import error_groups as groups
+
+    args = call.args
+    status = args.get("status")
+    if status is not None and status not in groups.GROUP_STATUSES:
+        raise errors.BadRequest("status must be open or resolved", code="invalid_status")
+    limit = args.get("limit", "100")
+    if not limit.isdigit() or not 1 <= int(limit) <= groups.MAX_GROUPS:
+        raise errors.BadRequest(f"limit must be 1 to {groups.MAX_GROUPS}", code="invalid_limit")
+    with db.transaction() as conn:
+        return {"items": groups.list_groups(conn, args.get("service"), status,
+                                            args.get("tenant"), int(limit))}
+
+
+@app.route("POST", "/error-groups/{fingerprint}/resolve", role=ROLE,
+           summary="Mark an error group resolved (its next error is a regression)")
+def resolve_error_group(call: Call) -> dict[str, Any]:
+    from shared import db, errors
+    from shared import error_groups as groups
+
+    fingerprint = call.params["fingerprint"]
+    if not 1 <= len(fingerprint) <= 128 or not fingerprint.isalnum():
+        raise errors.NotFound("no such error group", code="error_group_not_found")
+    with db.transaction() as conn:
+        if not groups.resolve(conn, fingerprint):
+            raise errors.NotFound("no such error group", code="error_group_not_found")
+        (group,) = groups.list_groups(conn, None, None, None, 1, fingerprint)
+    return group
 
 
 @functions_framework.http

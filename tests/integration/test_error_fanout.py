@@ -492,3 +492,32 @@ def test_push_consumer_applies_batches_and_alerts_and_refuses_other_events(
                 ).status_code == 204
     refused = push(Envelope("user.deleted", {"user_id": "u"}))
     assert refused.status_code == 422 and refused.json["code"] == "unexpected_event"
+
+
+def test_operators_list_error_groups_and_resolve_them(identity: Identity, env: dict[str, str]
+                                                      ) -> None:
+    """Resolving through the API makes the next error of the group a regression."""
+    from functions_framework import create_app
+
+    from shared import error_groups
+
+    alerts_api = create_app("alerts", str(REPO / "functions/alerts/main.py")).test_client()
+    operator = bearer(identity, ["user", "operator"])
+    user = bearer(identity, ["user"])
+    service, t0 = svc(), datetime.now(UTC) - timedelta(minutes=10)
+    new = error_groups.handle_errors(batch([error(service, "order 17 failed", at=t0)]))
+    fp = new.notifications[0].subject
+    listed = alerts_api.get("/error-groups", headers=operator, query_string={"service": service})
+    assert listed.status_code == 200, listed.json
+    (group,) = listed.json["items"]
+    assert (group["fingerprint"], group["status"], group["occurrences"]) == (fp, "open", 1)
+    assert alerts_api.get("/error-groups", headers=user).status_code == 403
+    assert alerts_api.get("/error-groups", headers=operator,
+                          query_string={"status": "closed"}).status_code == 400
+    resolved = alerts_api.post(f"/error-groups/{fp}/resolve", headers=operator)
+    assert resolved.status_code == 200 and resolved.json["status"] == "resolved"
+    assert alerts_api.post("/error-groups/nope/resolve", headers=operator).status_code == 404
+    assert alerts_api.post(f"/error-groups/{fp}/resolve", headers=user).status_code == 403
+    again = error_groups.handle_errors(
+        batch([error(service, "order 18 failed", at=t0 + timedelta(minutes=1))]))
+    assert kinds([again]) == ["error.regression"]
