@@ -285,16 +285,24 @@ def _window(now_ns: int, retention_days: int) -> tuple[int, int]:
 def span_rows(request: Any, tenant: str, outcome: Outcome, now_ns: int | None = None,
               retention_days: int = DEFAULT_RETENTION_DAYS) -> Outcome:
     """Rows for `spans` from an ExportTraceServiceRequest."""
+    return _walk(request.resource_spans, "scope_spans", "spans", _span_row, tenant, outcome,
+                 now_ns, retention_days)
+
+
+def _walk(resource_groups: Any, scopes: str, items: str, make_row: Any, tenant: str,
+          outcome: Outcome, now_ns: int | None, retention_days: int) -> Outcome:
+    """Every item of every scope of every resource through `make_row`; kept rows go to
+    `outcome.rows` (the shape traces and logs share: resource -> scope -> items)."""
     now_ns = now_ns or time.time_ns()
     oldest, latest = _window(now_ns, retention_days)
-    for resource_spans in request.resource_spans:
-        resource, service, environment = _resource_identity(resource_spans.resource)
+    for group in resource_groups:
+        resource, service, environment = _resource_identity(group.resource)
         resource_json = _json(resource)
-        for scope_spans in resource_spans.scope_spans:
-            scope = _clean(scope_spans.scope.name, 256)
-            for span in scope_spans.spans:
-                row = _span_row(span, tenant, service, environment, resource_json, scope,
-                                oldest, latest, now_ns, outcome)
+        for scope_group in getattr(group, scopes):
+            scope = _clean(scope_group.scope.name, 256)
+            for item in getattr(scope_group, items):
+                row = make_row(item, tenant, service, environment, resource_json, scope,
+                               oldest, latest, now_ns, outcome)
                 if row is not None:
                     outcome.rows.append(row)
     return outcome
@@ -338,19 +346,8 @@ def _span_row(span: Any, tenant: str, service: str, environment: str, resource_j
 def log_rows(request: Any, tenant: str, outcome: Outcome, now_ns: int | None = None,
              retention_days: int = DEFAULT_RETENTION_DAYS) -> Outcome:
     """Rows for `logs` from an ExportLogsServiceRequest."""
-    now_ns = now_ns or time.time_ns()
-    oldest, latest = _window(now_ns, retention_days)
-    for resource_logs in request.resource_logs:
-        resource, service, environment = _resource_identity(resource_logs.resource)
-        resource_json = _json(resource)
-        for scope_logs in resource_logs.scope_logs:
-            scope = _clean(scope_logs.scope.name, 256)
-            for record in scope_logs.log_records:
-                row = _log_row(record, tenant, service, environment, resource_json, scope,
-                               oldest, latest, now_ns, outcome)
-                if row is not None:
-                    outcome.rows.append(row)
-    return outcome
+    return _walk(request.resource_logs, "scope_logs", "log_records", _log_row, tenant, outcome,
+                 now_ns, retention_days)
 
 
 def _log_row(record: Any, tenant: str, service: str, environment: str, resource_json: str,
