@@ -127,6 +127,18 @@ def _tail(conn: Connection, conversation_id: str) -> Any:
         {"c": conversation_id}).first()
 
 
+def _checked_tail(conn: Connection, user_id: str, conversation_id: str) -> Any:
+    """The account may chat and owns the conversation (404 otherwise, before anything about
+    its messages is revealed); then the active path's last message."""
+    lifecycle.require_can_chat(conn, user_id)
+    owned = conn.execute(_sql(
+        "SELECT 1 FROM conversations WHERE id = CAST(:c AS uuid) AND user_id = CAST(:u AS uuid) "
+        "AND deleted_at IS NULL"), {"c": conversation_id, "u": user_id}).first()
+    if owned is None:
+        raise errors.NotFound("no such conversation", code="conversation_not_found")
+    return _tail(conn, conversation_id)
+
+
 def load(conn: Connection, user_id: str, conversation_id: str) -> TurnContext:
     """A plain turn: the new message extends the active path."""
     tail = _tail(conn, conversation_id)
@@ -139,7 +151,7 @@ def load_edit(conn: Connection, user_id: str, conversation_id: str, message_id: 
               ) -> TurnContext:
     """An edit of a user message on the active path: the edited text becomes a sibling of it,
     and the conversation continues from there."""
-    ctx = load(conn, user_id, conversation_id)  # ownership and account checks first
+    tail = _checked_tail(conn, user_id, conversation_id)
     target = conn.execute(_sql(
         "SELECT parent_id, seq, role, active FROM messages "
         "WHERE id = CAST(:m AS uuid) AND conversation_id = CAST(:c AS uuid)"),
@@ -151,15 +163,14 @@ def load_edit(conn: Connection, user_id: str, conversation_id: str, message_id: 
                               code="message_not_editable")
     parent = str(target[0]) if target[0] else None
     return _context(conn, user_id, conversation_id, int(target[1]),
-                    Branch("edit", parent, int(target[1]), ctx.branch.expected_tail))
+                    Branch("edit", parent, int(target[1]), str(tail[0]) if tail else None))
 
 
 def load_regenerate(conn: Connection, user_id: str, conversation_id: str
                     ) -> tuple[TurnContext, str]:
     """A new reply to the last user message, kept beside the old one. Returns the context and
     the user message the reply answers."""
-    load(conn, user_id, conversation_id)  # ownership and account checks first
-    tail = _tail(conn, conversation_id)
+    tail = _checked_tail(conn, user_id, conversation_id)
     question = None
     if tail is not None and tail[2] == "assistant" and tail[1] is not None:
         question = conn.execute(_sql(
