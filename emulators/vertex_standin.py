@@ -16,6 +16,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self, cast
@@ -117,6 +118,9 @@ class _Server(ThreadingHTTPServer):
     """Carries the owning VertexStandin so per-request handlers can reach the shared state."""
 
     daemon_threads = True
+    # socketserver's default backlog is 5: a burst of new connections (every streamed call is
+    # one) overflows it and the kernel makes clients wait a SYN-ACK retransmit (~200 ms).
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], standin: VertexStandin) -> None:
         super().__init__(address, _Handler)
@@ -127,6 +131,10 @@ class _Handler(BaseHTTPRequestHandler):
     """Routes one request; all state lives on the owning VertexStandin."""
 
     server_version = "VertexStandin/1.0"
+    # Keep-alive, as Vertex AI serves its clients: a new TCP connection per call would be a
+    # cost of this stand-in, measured as the caller's overhead by bench.chat_turn.
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
 
     @property
     def standin(self) -> VertexStandin:
@@ -139,6 +147,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         """Never let an exception escape: the client must always get a Google-shaped answer."""
         method, url = self.command, urlsplit(self.path)
+        self.arrived = time.monotonic()
         try:
             raw = self._read_body()
             if url.path.startswith("/__standin/"):
@@ -203,6 +212,7 @@ class _Handler(BaseHTTPRequestHandler):
         entry = {"method": method, "model": model, "path": self.path}
         fault = standin._begin_call(entry | {"body": text if body is None else body})
         if fault in ("429", "500"):
+            standin._wait(self.arrived, fault)
             code = int(fault)
             message = (
                 "Resource exhausted. Please try again later." if code == 429 else "Internal error."
@@ -210,21 +220,33 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(code, error_body(code, message))
             return
         if body is None:
+            standin._wait(self.arrived, fault)
             raise BadRequest("Invalid JSON payload received.")
         _contents(body)  # validate before answering, as Vertex does
+        # The answer is built before the wait, so the configured latency is the whole time this
+        # stand-in holds a call (the model's latency as Vertex would report it).
         if fault == "malformed":  # truncated JSON / SSE event: the client must raise, not hang
+            standin._wait(self.arrived, fault)
             if sse:
                 self._sse([b'data: {"candidates": [{"content"'])
             else:
                 self._send(200, b'{"candidates": [')
         elif method == "countTokens":
-            self._json(200, {"totalTokens": prompt_tokens(body)})
+            answer = {"totalTokens": prompt_tokens(body)}
+            standin._wait(self.arrived, fault)
+            self._json(200, answer)
         elif method == "generateContent":
-            self._json(200, generate_response(body, model))
+            data = json.dumps(generate_response(body, model)).encode()
+            standin._wait(self.arrived, fault)
+            self._send(200, data)
         elif sse:
-            self._sse([b"data: " + json.dumps(c).encode() for c in stream_responses(body, model)])
+            events = [b"data: " + json.dumps(c).encode() for c in stream_responses(body, model)]
+            standin._wait(self.arrived, fault)
+            self._sse(events)
         else:  # streamGenerateContent without alt=sse answers one JSON array, like the real API
-            self._json(200, stream_responses(body, model))
+            data = json.dumps(stream_responses(body, model)).encode()
+            standin._wait(self.arrived, fault)
+            self._send(200, data)
 
     def _json(self, code: int, payload: Any) -> None:
         self._send(code, json.dumps(payload).encode())
@@ -237,13 +259,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _sse(self, events: list[bytes]) -> None:
-        """Server-sent events; HTTP/1.0 framing, so closing the connection ends the stream."""
+        """Server-sent events, one HTTP/1.1 chunk each, on a connection that stays open (as
+        Vertex AI streams)."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         for event in events:
-            self.wfile.write(event + b"\r\n\r\n")
-            self.wfile.flush()
+            data = event + b"\r\n\r\n"
+            self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
+        self.wfile.write(b"0\r\n\r\n")
 
 
 class VertexStandin:
@@ -330,14 +355,18 @@ class VertexStandin:
             self._requests.clear()
 
     def _begin_call(self, entry: JsonDict) -> str | None:
-        """Log a model call, take its fault (if any), sleep its latency (stop() cuts it short)."""
+        """Log a model call and take its fault (if any)."""
         with self._lock:
             self._requests.append(entry)
-            fault = self._faults.popleft() if self._faults else None
+            return self._faults.popleft() if self._faults else None
+
+    def _wait(self, arrived: float, fault: str | None) -> None:
+        """Hold the call until its latency (plus the slow fault's) has passed since it arrived;
+        stop() cuts it short."""
         delay = self.latency_s + (self.slow_s if fault == "slow" else 0.0)
-        if delay > 0:
-            self._stopping.wait(delay)
-        return fault
+        remaining = delay - (time.monotonic() - arrived)
+        if remaining > 0:
+            self._stopping.wait(remaining)
 
 
 def main(argv: list[str] | None = None) -> int:
