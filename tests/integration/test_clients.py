@@ -13,6 +13,7 @@ import pytest
 from emulators import services
 from emulators.vertex_standin import VertexStandin
 from shared import clients
+from tests.integration.listeners import listen
 
 PROJECT = "clients-project"
 
@@ -64,7 +65,7 @@ def test_firestore_client_write_is_seen_by_a_listener(env: None) -> None:
         if any(s.exists and s.to_dict() == {"n": 1} for s in snapshots):
             seen.set()
 
-    watch = doc.on_snapshot(on_snapshot)
+    watch = listen(doc, on_snapshot)
     try:
         doc.set({"n": 1})
         assert seen.wait(timeout=15)

@@ -24,6 +24,7 @@ from emulators import services
 from shared.events import Envelope
 from tests.integration.conftest import PROJECT, deployed
 from tests.integration.identity_fixtures import PASSWORD, REPO, Identity
+from tests.integration.listeners import listen
 
 WAIT_S = 60.0
 
@@ -222,8 +223,8 @@ def test_feed_is_readable_by_a_real_listener(env: dict[str, str]) -> None:
         if len(latest) >= 3:
             seen.set()
 
-    watch = (client.collection("services").document(service).collection("latest_errors")
-             .on_snapshot(on_snapshot))
+    watch = listen(client.collection("services").document(service).collection("latest_errors"),
+                   on_snapshot)
     try:
         outcome = error_groups.handle_errors(batch([
             error(service, "boom", at=at + timedelta(seconds=i), user=f"u{i}")

@@ -47,6 +47,7 @@ from emulators.services import (
     start_postgres,
     start_pubsub_emulator,
 )
+from tests.integration.listeners import listen
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -275,7 +276,7 @@ def test_firestore_listener_sees_write(
                 snapshots.append(snap.to_dict())
                 seen.set()
 
-    watch = doc.on_snapshot(on_snapshot)
+    watch = listen(doc, on_snapshot)
     try:
         doc.set({"state": "queued", "attempt": 1})
         assert seen.wait(timeout=30), "the on_snapshot listener never saw the write"
