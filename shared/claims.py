@@ -215,7 +215,7 @@ def _grant(tx: OutboxTransaction, event: reward_events.Event, user_id: str, seq:
     if row[0] is None:
         return None
     if status == "granted" and granted:
-        tx.emitted.append(int(row[1]))
+        tx.track(int(row[1]), REWARDS_TOPIC, envelope)
     short = sorted(set(budgeted) - set(row[-1] or ())) if budgeted else []
     if short:
         raise _BudgetShort([{"condition": "budget", "reward_id": rid, "current": 0,

@@ -1,9 +1,10 @@
 """Transactional outbox: a DB change and the events it causes commit together.
 
 Events are written as rows in the caller's transaction; right after commit they are published
-(awaited) and marked. A publish that fails leaves its row pending with a backoff, and the
-scheduled `outbox_relay` publishes it later. Publishing is at-least-once (a crash between publish
-and mark re-sends), so every consumer dedupes on the envelope id.
+from memory (awaited, unless the caller opts out) and marked. A publish that fails leaves its
+row pending with a backoff, and the scheduled `outbox_relay` publishes it later. Publishing is
+at-least-once (a crash between publish and mark re-sends), so every consumer dedupes on the
+envelope id.
 """
 
 from __future__ import annotations
@@ -32,16 +33,35 @@ AFTER_COMMIT_TIMEOUT_S = 5.0
 MAX_BACKOFF_S = 600
 
 
+@dataclass(frozen=True)
+class Emitted:
+    """An event row written in a transaction, kept in memory to publish once it commits."""
+
+    row_id: int
+    topic: str
+    payload: bytes
+    attributes: dict[str, str]
+    attempts: int = 0
+
+
 @dataclass
 class OutboxTransaction:
     """A transaction that can emit events; they are published only if it commits."""
 
     conn: Connection
-    emitted: list[int] = field(default_factory=list)
+    emitted: list[Emitted] = field(default_factory=list)
 
     def emit(self, topic: str, envelope: Envelope, attributes: dict[str, str] | None = None
              ) -> None:
-        self.emitted.append(emit(self.conn, topic, envelope, attributes))
+        row_id = emit(self.conn, topic, envelope, attributes)
+        self.track(row_id, topic, envelope, attributes)
+
+    def track(self, row_id: int, topic: str, envelope: Envelope,
+              attributes: dict[str, str] | None = None) -> None:
+        """An event row the caller inserted itself (inside a larger statement): published after
+        commit like the rows `emit` writes."""
+        self.emitted.append(Emitted(row_id, topic, envelope.to_json(),
+                                    envelope.attributes() | (attributes or {})))
 
 
 def emit(conn: Connection, topic: str, envelope: Envelope,
@@ -62,10 +82,11 @@ def emit(conn: Connection, topic: str, envelope: Envelope,
 
 @contextmanager
 def transaction(wait: bool = True) -> Iterator[OutboxTransaction]:
-    """Run a change and its events in one transaction, then publish the events: awaited by
-    default; with `wait=False` (throughput consumers such as span_writer) the publish runs in
-    the background and each row is marked when Pub/Sub confirms it, while the relay still
-    covers whatever is not confirmed."""
+    """Run a change and its events in one transaction, then publish the events (from memory:
+    the rows are not read back): awaited by default; with `wait=False` (chat turns, span_writer:
+    latency- or throughput-bound callers) the publish is sent at once but its confirmation is
+    not awaited, and each row is marked when Pub/Sub confirms it. Either way the relay covers
+    whatever is not confirmed."""
     with db.transaction() as conn:
         tx = OutboxTransaction(conn)
         yield tx
@@ -76,31 +97,33 @@ def transaction(wait: bool = True) -> Iterator[OutboxTransaction]:
             publish_rows_in_background(tx.emitted)
 
 
-def publish_rows_in_background(ids: list[int]) -> None:
+def publish_rows_in_background(events: Sequence[Emitted]) -> None:
     """Publish committed rows without waiting; mark each one published when confirmed."""
-    import sqlalchemy
-
-    with db.transaction() as conn:
-        rows = conn.execute(sqlalchemy.text(
-            "SELECT id, topic, payload, attributes FROM outbox "
-            "WHERE id = ANY(:ids) AND published_at IS NULL"), {"ids": ids}).all()
     publisher = clients.publisher()
-    for row_id, topic, payload, attributes in rows:
-        future = publisher.publish(clients.topic_path(topic), bytes(payload), **attributes)
-        future.add_done_callback(lambda done, row_id=row_id: _mark_when_published(done, row_id))
+    for event in events:
+        future = publisher.publish(clients.topic_path(event.topic), event.payload,
+                                   **event.attributes)
+        future.add_done_callback(lambda done, row_id=event.row_id: _mark_when_published(done,
+                                                                                     row_id))
 
 
 def _mark_when_published(future: Any, row_id: int) -> None:
-    import sqlalchemy
-
     try:
         future.result(timeout=0)
-        with db.transaction() as conn:
-            conn.execute(sqlalchemy.text(
-                "UPDATE outbox SET published_at = now(), attempts = attempts + 1 "
-                "WHERE id = :id AND published_at IS NULL"), {"id": row_id})
+        _mark_published([row_id])
     except Exception as exc:  # noqa: BLE001 - the row stays pending; the relay sends it
         log.warning("outbox row %s not confirmed: %s", row_id, type(exc).__name__)
+
+
+def _mark_published(row_ids: list[int]) -> None:
+    """One autocommit statement. `published_at IS NULL`: a row the relay already sent keeps
+    its first mark."""
+    import sqlalchemy
+
+    with db.autocommit_engine().connect() as conn:
+        conn.execute(sqlalchemy.text(
+            "UPDATE outbox SET published_at = now(), attempts = attempts + 1 "
+            "WHERE id = ANY(:ids) AND published_at IS NULL"), {"ids": row_ids})
 
 
 @dataclass(frozen=True)
@@ -109,19 +132,18 @@ class RelayResult:
     failed: int
 
 
-def publish_rows(ids: list[int]) -> RelayResult:
-    """Publish the given pending rows now (after their transaction committed)."""
-    import sqlalchemy
-
-    with db.transaction() as conn:
-        rows = conn.execute(
-            sqlalchemy.text(
-                "SELECT id, topic, payload, attributes, attempts FROM outbox "
-                "WHERE id = ANY(:ids) AND published_at IS NULL FOR UPDATE SKIP LOCKED"
-            ),
-            {"ids": ids},
-        ).all()
-        return _publish(conn, rows, AFTER_COMMIT_TIMEOUT_S)
+def publish_rows(events: Sequence[Emitted]) -> RelayResult:
+    """Publish a committed transaction's events now and wait for Pub/Sub to confirm them."""
+    outcomes = _send(events, AFTER_COMMIT_TIMEOUT_S)
+    published = [event.row_id for event, error in outcomes if error is None]
+    if published:
+        _mark_published(published)
+    failed = [(event, error) for event, error in outcomes if error is not None]
+    if failed:
+        with db.transaction() as conn:
+            for event, error in failed:
+                _record_failure(conn, event, error)
+    return RelayResult(len(published), len(failed))
 
 
 def relay_pending(limit: int = 500, grace: timedelta = RELAY_GRACE) -> RelayResult:
@@ -142,37 +164,53 @@ def relay_pending(limit: int = 500, grace: timedelta = RELAY_GRACE) -> RelayResu
         return _publish(conn, rows)
 
 
-def _publish(conn: Connection, rows: Sequence[Row[Any]],
-             timeout_s: float = PUBLISH_TIMEOUT_S) -> RelayResult:
+def _publish(conn: Connection, rows: Sequence[Row[Any]]) -> RelayResult:
+    """The relay's rows, locked in `conn`'s transaction: publish, then mark or back off."""
     import sqlalchemy
 
-    publisher = clients.publisher()
-    # Send all first, then wait: one round trip of latency for the batch, not one per row.
-    pending = []
-    for row in rows:
-        row_id, topic, payload, attributes, attempts = tuple(row)
-        future = publisher.publish(clients.topic_path(topic), bytes(payload), **attributes)
-        pending.append((row_id, attempts, future))
+    events = [Emitted(row_id, topic, bytes(payload), attributes, attempts)
+              for row_id, topic, payload, attributes, attempts in (tuple(r) for r in rows)]
     published = failed = 0
-    for row_id, attempts, future in pending:
-        try:
-            future.result(timeout=timeout_s)
-        except Exception as exc:  # noqa: BLE001 - any publish failure leaves the row for later
+    for event, error in _send(events, PUBLISH_TIMEOUT_S):
+        if error is not None:
             failed += 1
-            backoff = min(MAX_BACKOFF_S, 2 ** min(attempts, 10))
-            log.warning("outbox row %s not published: %s", row_id, type(exc).__name__)
-            conn.execute(
-                sqlalchemy.text(
-                    "UPDATE outbox SET attempts = attempts + 1, last_error = :error, "
-                    "next_attempt_at = now() + make_interval(secs => :backoff) WHERE id = :id"
-                ),
-                {"id": row_id, "error": type(exc).__name__, "backoff": backoff},
-            )
+            _record_failure(conn, event, error)
             continue
         published += 1
         conn.execute(
             sqlalchemy.text("UPDATE outbox SET published_at = now(), attempts = attempts + 1 "
                             "WHERE id = :id"),
-            {"id": row_id},
+            {"id": event.row_id},
         )
     return RelayResult(published, failed)
+
+
+def _send(events: Sequence[Emitted], timeout_s: float
+          ) -> list[tuple[Emitted, Exception | None]]:
+    """Send all first, then wait: one round trip of latency for the batch, not one per row."""
+    publisher = clients.publisher()
+    futures = [(event, publisher.publish(clients.topic_path(event.topic), event.payload,
+                                         **event.attributes)) for event in events]
+    outcomes: list[tuple[Emitted, Exception | None]] = []
+    for event, future in futures:
+        try:
+            future.result(timeout=timeout_s)
+        except Exception as exc:  # noqa: BLE001 - any publish failure leaves the row for later
+            log.warning("outbox row %s not published: %s", event.row_id, type(exc).__name__)
+            outcomes.append((event, exc))
+        else:
+            outcomes.append((event, None))
+    return outcomes
+
+
+def _record_failure(conn: Connection, event: Emitted, error: Exception) -> None:
+    import sqlalchemy
+
+    conn.execute(
+        sqlalchemy.text(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = :error, "
+            "next_attempt_at = now() + make_interval(secs => :backoff) WHERE id = :id"
+        ),
+        {"id": event.row_id, "error": type(error).__name__,
+         "backoff": min(MAX_BACKOFF_S, 2 ** min(event.attempts, 10))},
+    )

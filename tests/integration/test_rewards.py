@@ -218,7 +218,7 @@ def test_a_crash_after_commit_is_answered_from_the_stored_result(
     _, who = rw.user()
     key = str(uuid.uuid4())
 
-    def killed(ids: list[int]) -> Any:
+    def killed(events: Any) -> Any:
         raise RuntimeError("instance killed after commit, before the response")
 
     monkeypatch.setattr(outbox, "publish_rows", killed)
