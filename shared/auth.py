@@ -203,7 +203,8 @@ def authenticate(request: flask.Request) -> Principal:
     from shared import accounts, db
 
     principal, external = verify_request_token(bearer_token(request))
-    with db.transaction() as conn:
+    # Autocommit: a lookup (or an idempotent insert and a lookup) needs no BEGIN/COMMIT.
+    with db.autocommit_engine().connect() as conn:
         if external:
             return accounts.external_principal(conn, get_settings().oidc_issuer or "", principal)
         return accounts.session_principal(conn, principal)

@@ -84,11 +84,14 @@ class TurnContext:
     branch: Branch
 
 
+# The conversation, its character, the user's name and the account's restrictions (if any).
 _CONVERSATION = (
     "SELECT c.summary, c.summary_upto_seq, ch.id, ch.name, ch.description, ch.personality, "
     "ch.scenario, ch.system_prompt, ch.example_dialogue, ch.post_history_instructions, "
-    "ch.safety_level, u.display_name FROM conversations c "
+    "ch.safety_level, u.display_name, r.status, r.conversations_read_only, r.chat_blocked, "
+    "r.claims_blocked FROM conversations c "
     "JOIN characters ch ON ch.id = c.character_id JOIN users u ON u.id = c.user_id "
+    "LEFT JOIN account_restrictions r ON r.user_id = c.user_id "
     "WHERE c.id = CAST(:c AS uuid) AND c.user_id = CAST(:u AS uuid) AND c.deleted_at IS NULL")
 
 
@@ -97,10 +100,12 @@ def _context(conn: Connection, user_id: str, conversation_id: str, cut_seq: int 
     """The conversation (the caller's own), its character, and the active history before
     `cut_seq`. A branch cut inside the summarized part cannot use the summary (it tells of
     messages the branch replaces): such a turn starts from the full history again."""
-    lifecycle.require_can_chat(conn, user_id)
     row = conn.execute(_sql(_CONVERSATION), {"c": conversation_id, "u": user_id}).first()
     if row is None:
+        lifecycle.require_can_chat(conn, user_id)  # a blocked account hears that first
         raise errors.NotFound("no such conversation", code="conversation_not_found")
+    if row[12] is not None:
+        lifecycle.check_can_chat(lifecycle.Restrictions(*row[12:16]))
     summary, upto = row[0], int(row[1])
     if cut_seq is not None and cut_seq <= upto:
         summary, upto = "", 0
@@ -216,13 +221,14 @@ def store(tx: Any, ctx: TurnContext, message: str, prepared: Prepared, reply: ge
     stored then: the tokens were spent)."""
     conn = tx.conn
     tokens = reply.input_tokens + reply.output_tokens + prepared.fold_tokens
+    # The usage, and the row lock that makes turns on one conversation commit one at a time.
     conn.execute(_sql(
-        "INSERT INTO token_usage (user_id, day, tokens) VALUES "
+        "WITH usage AS (INSERT INTO token_usage (user_id, day, tokens) VALUES "
         "(CAST(:u AS uuid), (now() AT TIME ZONE 'UTC')::date, :t) "
-        "ON CONFLICT (user_id, day) DO UPDATE SET tokens = token_usage.tokens + :t"),
-        {"u": ctx.user_id, "t": tokens})
-    conn.execute(_sql("SELECT 1 FROM conversations WHERE id = CAST(:c AS uuid) FOR UPDATE"),
-                 {"c": ctx.conversation_id})  # turns on one conversation commit one at a time
+        "ON CONFLICT (user_id, day) DO UPDATE SET tokens = token_usage.tokens + :t) "
+        "SELECT 1 FROM conversations WHERE id = CAST(:c AS uuid) FOR UPDATE"),
+        {"u": ctx.user_id, "t": tokens, "c": ctx.conversation_id})
+    # A new statement, so a new snapshot: it sees what a turn that held the lock committed.
     tail = _tail(conn, ctx.conversation_id)
     if (str(tail[0]) if tail else None) != ctx.branch.expected_tail:
         return None
@@ -239,14 +245,14 @@ def store(tx: Any, ctx: TurnContext, message: str, prepared: Prepared, reply: ge
             {"id": user_message, "c": ctx.conversation_id, "p": branch.attach_to, "t": message})
     reply_message = str(uuid.uuid4())
     conn.execute(_sql(
+        "WITH conversation AS (UPDATE conversations SET last_message_at = now(), "
+        "updated_at = now(), summary = :s, summary_upto_seq = :upto "
+        "WHERE id = CAST(:c AS uuid)) "
         "INSERT INTO messages (id, conversation_id, parent_id, role, content, input_tokens, "
         "output_tokens) VALUES (:id, :c, :p, 'assistant', :t, :i, :o)"),
         {"id": reply_message, "c": ctx.conversation_id, "p": user_message, "t": reply.text,
-         "i": reply.input_tokens, "o": reply.output_tokens})
-    conn.execute(_sql(
-        "UPDATE conversations SET last_message_at = now(), updated_at = now(), summary = :s, "
-        "summary_upto_seq = :upto WHERE id = CAST(:c AS uuid)"),
-        {"s": prepared.summary, "upto": prepared.summary_upto_seq, "c": ctx.conversation_id})
+         "i": reply.input_tokens, "o": reply.output_tokens, "s": prepared.summary,
+         "upto": prepared.summary_upto_seq})
     tx.emit(CHAT_TOPIC, Envelope("chat.turn_completed", {
         "user_id": ctx.user_id, "character_id": ctx.character_id,
         "conversation_id": ctx.conversation_id, "message_id": reply_message,

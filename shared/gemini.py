@@ -124,7 +124,7 @@ def _backoff(attempt: int) -> float:
 
 
 def _with_retries(model: str, call: Callable[[], T]) -> tuple[T, int]:
-    check_breaker(model)
+    needs_reset = check_breaker(model)
     last: Exception | None = None
     for attempt in range(MAX_RETRIES + 1):
         if attempt:
@@ -140,7 +140,8 @@ def _with_retries(model: str, call: Callable[[], T]) -> tuple[T, int]:
             last = classified
             log.warning("model call attempt %d failed: %s", attempt + 1, classified)
             continue
-        record_outcome(model, ok=True)
+        if needs_reset:
+            record_outcome(model, ok=True)
         return result, attempt + 1
     record_outcome(model, ok=False)
     raise ModelUnavailable("the model did not answer; try again shortly",
@@ -250,18 +251,25 @@ def _sql(text: str) -> Any:
     return sqlalchemy.text(text)
 
 
-def check_breaker(model: str) -> None:
-    """503 with Retry-After while the model's breaker is open."""
+def check_breaker(model: str) -> bool:
+    """503 with Retry-After while the model's breaker is open. Returns whether the breaker has
+    anything for a success to reset (failures counted, or a cool-down that has passed), so the
+    common case, a healthy model, costs one read per call and no write."""
     from shared import db
 
     with db.autocommit_engine().connect() as conn:
-        remaining = conn.execute(_sql(
-            "SELECT ceil(extract(epoch FROM open_until - now())) FROM model_breakers "
-            "WHERE model = :m AND open_until > now()"), {"m": model}).scalar()
-    if remaining is not None:
+        row = conn.execute(_sql(
+            "SELECT consecutive_failures, open_until IS NOT NULL, "
+            "ceil(extract(epoch FROM open_until - now())) FROM model_breakers "
+            "WHERE model = :m"), {"m": model}).first()
+    if row is None:
+        return False
+    failures, has_open_until, remaining = row
+    if remaining is not None and remaining > 0:
         raise ModelUnavailable("the model is failing; calls are paused",
                                code="model_circuit_open",
                                headers={"Retry-After": str(max(1, int(remaining)))})
+    return bool(failures) or bool(has_open_until)
 
 
 def record_outcome(model: str, ok: bool) -> None:

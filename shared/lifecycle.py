@@ -55,7 +55,11 @@ def restrictions(conn: Connection, user_id: str) -> Restrictions:
 
 
 def require_can_chat(conn: Connection, user_id: str) -> None:
-    r = restrictions(conn, user_id)
+    check_can_chat(restrictions(conn, user_id))
+
+
+def check_can_chat(r: Restrictions) -> None:
+    """For callers that read the restrictions row along with other data."""
     if r.chat_blocked:
         raise errors.Forbidden("this account may not chat", code=f"account_{r.status}")
     if r.conversations_read_only:

@@ -97,6 +97,10 @@ class CloudLoggingFormatter(logging.Formatter):
 
 
 _configured = False
+# Client libraries that log a line at INFO for every call they make ("HTTP Request: POST ...",
+# google-genai's "AFC is enabled"): per-turn noise that costs CPU and Cloud Logging volume. Their
+# warnings and errors still come through.
+_CHATTY = ("httpx", "httpx2", "httpcore", "google_genai")
 
 
 def setup_logging(project: str, level: str = "INFO", stream: Any = None) -> None:
@@ -109,4 +113,6 @@ def setup_logging(project: str, level: str = "INFO", stream: Any = None) -> None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     _configured = True
