@@ -18,7 +18,7 @@ from typing import Any
 
 import flask
 
-from shared import context, errors, tracing
+from shared import context, errors, lazy, tracing
 from shared.validation import Schema, parse_json
 
 log = logging.getLogger("shared.http")
@@ -127,7 +127,8 @@ class Router:
             response.headers["X-Request-Id"] = trace.request_id
             response.headers["traceparent"] = trace.traceparent
             _access_log(request, response, time.perf_counter() - started)
-            return response
+        lazy.freeze_after_imports()
+        return response
 
     def _dispatch(self, request: flask.Request, trace: context.TraceContext) -> flask.Response:
         if request.content_length is not None and request.content_length > self.max_body_bytes:
