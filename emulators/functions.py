@@ -52,8 +52,6 @@ def function_env(function: Function, base: Mapping[str, str], port: int,
         "K_SERVICE": function.name,
         "FUNCTION_TARGET": function.entry_point,
         "PORT": str(port),
-        # gunicorn gthread: one thread per concurrent request, as Cloud Run's concurrency.
-        "THREADS": str(function.concurrency),
         "CLOUD_RUN_TIMEOUT_SECONDS": str(function.timeout_s),
         "PYTHONPATH": str(REPO_ROOT),
         "PYTHONUNBUFFERED": "1",

@@ -131,7 +131,9 @@ class Function:
     def runtime_env(self) -> dict[str, str]:
         """The plain (non-secret) environment this function is deployed with; both the local
         cloud and Pulumi use this, so they cannot drift."""
-        env = dict(self.env)
+        # functions-framework's gunicorn serves with THREADS threads (default: 4 per CPU): one
+        # per concurrent request Cloud Run may send, or requests would queue inside the instance.
+        env = dict(self.env) | {"THREADS": str(self.concurrency)}
         if self.rate_limit is not None:
             limit = RATE_LIMITS[self.rate_limit]
             env |= {"RATE_LIMIT_CLASS": self.rate_limit,
@@ -243,7 +245,10 @@ TOPOLOGY = Topology(
             env=_TOKENS,
             memory_mb=512,
             timeout_s=300,  # streamed replies; model calls retry within this
-            concurrency=40,
+            # A turn costs ~8-10 ms of CPU (bench.chat_turn), mostly google-genai building the
+            # request and pg8000: 10 turns in flight on a 200 ms model keep an instance ~40%
+            # busy, so turns do not queue for the interpreter; Cloud Run adds instances beyond.
+            concurrency=10,
             public=True,
             roles=(*_DB_ROLES, _PUBLISHER, "roles/aiplatform.user"),
             publishes=(CHAT_TOPIC,),

@@ -7,8 +7,6 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,7 +23,6 @@ from shared.validation import Field, Schema
 init()
 log = logging.getLogger("chat_turn")
 TURN = Schema({"message": Field("string", required=True, min_length=1, max_length=8000)})
-STREAM_WAIT_S = 120  # how long a stream keeps the request open to store an abandoned reply
 
 app = Router("chat_turn", authenticate=authenticate, rate_limited=True)
 
@@ -85,7 +82,8 @@ def _run(call: Call, request: dict[str, Any], loader: Loader) -> Any:
         if stored is not None:
             return json_response(stored.body, stored.status, {"Idempotent-Replayed": "true"})
     try:
-        with db.transaction() as conn:
+        # Reads only, and no common snapshot needed: the store re-checks the tail under a lock.
+        with db.autocommit() as conn:
             ctx, message = loader(conn, user, conversation_id)
             chat.require_quota(conn, user)
         if (span := tracing.current_span()) is not None:
@@ -117,7 +115,9 @@ def _store(ctx: Any, message: str, prepared: Any, reply: Any, key: str | None, s
            ) -> dict[str, Any]:
     from shared import chat, idempotency, outbox
 
-    with outbox.transaction() as tx:
+    # The turn's event is sent at once but its confirmation is not awaited: the reply does not
+    # wait a Pub/Sub round trip, and the relay re-sends anything left unconfirmed.
+    with outbox.transaction(wait=False) as tx:
         body = chat.store(tx, ctx, message, prepared, reply)
         if body is not None and key is not None:
             idempotency.complete(tx.conn, scope, key, 201, body)
@@ -142,51 +142,49 @@ def _sse(kind: str, data: Any) -> str:
 def _stream(ctx: Any, message: str, prepared: Any, key: str | None, scope: str
             ) -> flask.Response:
     """Deltas as they come; then `done` with the stored message ids and usage. The model is
-    read by a worker thread, so a client that goes away does not stop the reply being stored;
-    the response waits for the worker, which keeps the instance's CPU allocated meanwhile."""
+    read as the response is written, in the request's thread. A client that goes away ends the
+    response early (gunicorn closes it); the turn then runs to its end inside that close, so
+    the reply is still stored, and the request stays open (CPU allocated) meanwhile."""
     from shared import gemini, idempotency
 
     gemini.check_breaker(gemini_model())  # a clean 503 before any byte is sent
-    events: queue.Queue[tuple[str, Any] | None] = queue.Queue()
     trace = context.current()
+    run = contextvars.copy_context().run  # the request's trace, for logs and spans
 
-    def work() -> None:
+    def events() -> Iterator[tuple[str, Any]]:
         started = time.perf_counter()
         try:
             reply = None
             for item in gemini.stream(prepared.prompt.system_instruction,
                                       prepared.prompt.contents, ctx.safety_level):
                 if isinstance(item, str):
-                    events.put(("delta", {"text": item}))
+                    yield "delta", {"text": item}
                 else:
                     reply = item
             assert reply is not None  # stream() always ends with the Reply
             body = _store(ctx, message, prepared, reply, key, scope)
             _log_turn(ctx, reply, time.perf_counter() - started, streamed=True)
-            events.put(("done", body))
+            yield "done", body
         except errors.AppError as exc:
             if key is not None:
                 idempotency.abandon(scope, key)
-            events.put(("error", errors.problem(exc, trace.trace_id if trace else None)))
+            yield "error", errors.problem(exc, trace.trace_id if trace else None)
         except Exception:
             log.exception("streamed turn failed")
             if key is not None:
                 idempotency.abandon(scope, key)
-            events.put(("error", errors.problem(errors.AppError(),
-                                                trace.trace_id if trace else None)))
-        finally:
-            events.put(None)
-
-    worker = threading.Thread(target=contextvars.copy_context().run, args=(work,),
-                              name="chat-stream", daemon=True)
-    worker.start()
+            yield "error", errors.problem(errors.AppError(), trace.trace_id if trace else None)
 
     def body() -> Iterator[str]:
+        turn = events()
         try:
-            while (item := events.get()) is not None:
+            while (item := run(next, turn, None)) is not None:
                 yield _sse(*item)
-        finally:
-            worker.join(timeout=STREAM_WAIT_S)
+        except GeneratorExit:
+            log.info("client left mid-stream; finishing the turn")
+            while run(next, turn, None) is not None:
+                pass
+            raise
 
     return flask.Response(body(), mimetype="text/event-stream",
                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

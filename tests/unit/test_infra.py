@@ -87,6 +87,8 @@ def test_every_manifest_function_is_deployed_with_its_entry_point(mocks: Mocks) 
         assert service["availableMemory"] == f"{function.memory_mb}M"
         assert service["timeoutSeconds"] == function.timeout_s
         assert service["maxInstanceRequestConcurrency"] == function.concurrency
+        # gunicorn serves as many requests at once as Cloud Run may send to the instance
+        assert service["environmentVariables"]["THREADS"] == str(function.concurrency)
         assert service["maxInstanceCount"] == function.max_instances
         assert service["serviceAccountEmail"].startswith(function.name.replace("_", "-"))
 
