@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -36,11 +36,18 @@ def daily_quota() -> int:
     return int(os.environ.get("CHAT_DAILY_TOKEN_QUOTA", DEFAULT_DAILY_QUOTA))
 
 
+# Today's token use (UTC days) of a user.
+_USED_TODAY = ("SELECT coalesce(sum(tokens), 0) FROM token_usage WHERE user_id = {user} "
+               "AND day = (now() AT TIME ZONE 'UTC')::date")
+
+
 def quota(conn: Connection, user_id: str) -> dict[str, Any]:
-    """Today's token use (UTC days) against the quota."""
-    used = int(conn.execute(_sql(
-        "SELECT coalesce(sum(tokens), 0) FROM token_usage WHERE user_id = CAST(:u AS uuid) "
-        "AND day = (now() AT TIME ZONE 'UTC')::date"), {"u": user_id}).scalar_one())
+    """Today's token use against the quota."""
+    return quota_state(int(conn.execute(_sql(_USED_TODAY.format(user="CAST(:u AS uuid)")),
+                                        {"u": user_id}).scalar_one()))
+
+
+def quota_state(used: int) -> dict[str, Any]:
     limit = daily_quota()
     midnight = (datetime.now(UTC) + timedelta(days=1)).replace(hour=0, minute=0, second=0,
                                                                microsecond=0)
@@ -48,8 +55,9 @@ def quota(conn: Connection, user_id: str) -> dict[str, Any]:
             "resets_at": midnight.isoformat()}
 
 
-def require_quota(conn: Connection, user_id: str) -> None:
-    state = quota(conn, user_id)
+def require_quota(ctx: TurnContext) -> None:
+    """429 once today's tokens are spent (as read with the turn's context)."""
+    state = quota_state(ctx.tokens_used_today)
     if state["remaining"] <= 0:
         wait = int((datetime.fromisoformat(state["resets_at"]) - datetime.now(UTC))
                    .total_seconds()) + 1
@@ -82,6 +90,7 @@ class TurnContext:
     history: tuple[prompt.Turn, ...]
     seqs: tuple[int, ...]  # seq of each history turn
     branch: Branch
+    tokens_used_today: int
 
 
 # The conversation, its character, the user's name and the account's restrictions (if any).
@@ -89,7 +98,7 @@ _CONVERSATION = (
     "SELECT c.summary, c.summary_upto_seq, ch.id, ch.name, ch.description, ch.personality, "
     "ch.scenario, ch.system_prompt, ch.example_dialogue, ch.post_history_instructions, "
     "ch.safety_level, u.display_name, r.status, r.conversations_read_only, r.chat_blocked, "
-    "r.claims_blocked FROM conversations c "
+    "r.claims_blocked, (" + _USED_TODAY.format(user="c.user_id") + ") FROM conversations c "
     "JOIN characters ch ON ch.id = c.character_id JOIN users u ON u.id = c.user_id "
     "LEFT JOIN account_restrictions r ON r.user_id = c.user_id "
     "WHERE c.id = CAST(:c AS uuid) AND c.user_id = CAST(:u AS uuid) AND c.deleted_at IS NULL")
@@ -121,7 +130,7 @@ def _context(conn: Connection, user_id: str, conversation_id: str, cut_seq: int 
     return TurnContext(user_id, row[11], conversation_id, str(row[2]), persona, row[10],
                        summary, upto,
                        tuple(prompt.Turn(str(m[0]), m[1], m[2]) for m in messages),
-                       tuple(int(m[3]) for m in messages), branch)
+                       tuple(int(m[3]) for m in messages), branch, int(row[16]))
 
 
 def _tail(conn: Connection, conversation_id: str) -> Any:
@@ -145,11 +154,16 @@ def _checked_tail(conn: Connection, user_id: str, conversation_id: str) -> Any:
 
 
 def load(conn: Connection, user_id: str, conversation_id: str) -> TurnContext:
-    """A plain turn: the new message extends the active path."""
-    tail = _tail(conn, conversation_id)
-    tail_id = str(tail[0]) if tail else None
-    return _context(conn, user_id, conversation_id, None,
-                    Branch("turn", tail_id, None, tail_id))
+    """A plain turn: the new message extends the active path. Its tail is the history's last
+    message (every active message after the summary is in it); only a history that is all
+    summarized needs the tail read on its own."""
+    ctx = _context(conn, user_id, conversation_id, None, Branch("turn", None, None, None))
+    if ctx.history:
+        tail_id: str | None = ctx.history[-1].id
+    else:
+        tail = _tail(conn, conversation_id)
+        tail_id = str(tail[0]) if tail else None
+    return replace(ctx, branch=Branch("turn", tail_id, None, tail_id))
 
 
 def load_edit(conn: Connection, user_id: str, conversation_id: str, message_id: str

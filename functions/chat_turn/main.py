@@ -85,7 +85,7 @@ def _run(call: Call, request: dict[str, Any], loader: Loader) -> Any:
         # Reads only, and no common snapshot needed: the store re-checks the tail under a lock.
         with db.autocommit() as conn:
             ctx, message = loader(conn, user, conversation_id)
-            chat.require_quota(conn, user)
+        chat.require_quota(ctx)
         if (span := tracing.current_span()) is not None:
             span.set(**{"app.chat.kind": ctx.branch.kind, "app.conversation.id": conversation_id,
                         "app.character.id": ctx.character_id})
