@@ -202,7 +202,7 @@ def markdown(results: list[tuple[Result, tuple[int, int, int]]], about: str, cli
     lines = [
         "## Reward claims", "",
         f"{clients} concurrent clients (threads) spread over {processes} process(es), each "
-        "with the product's engine (pool 5 + 5, as one function instance), "
+        "with the product's engine (10 pooled connections, as one function instance), "
         f"{about}. Each claim: `idempotency.begin` + `claims.claim` (see "
         f"`bench/rewards_claims.py`). Target: at least {TARGET_PER_S:g} claims/s on distinct "
         "users; 0 double grants.", "",
