@@ -70,11 +70,15 @@ class Bridge:
     function_urls: dict[str, str]
     backoff_scale: float = DEFAULT_BACKOFF_SCALE
     on_delivery: Callable[[Delivery], None] | None = None
+    # Tests that each deploy the same consumer use their own emulator subscriptions, so a
+    # message published while one test's bridge was down is not delivered in the next test.
+    subscription_suffix: str = ""
     # The most recent outcomes only: a dev stack runs for days.
     deliveries: deque[Delivery] = field(default_factory=lambda: deque(maxlen=10_000))
     _futures: list[Any] = field(default_factory=list)
     _executor: ThreadPoolExecutor | None = None
     _stopping: threading.Event = field(default_factory=threading.Event)
+    _paths: list[str] = field(default_factory=list)
 
     def start(self) -> None:
         self.publisher = pubsub_v1.PublisherClient()
@@ -95,7 +99,9 @@ class Bridge:
             self._futures.append(future)
 
     def _ensure_subscription(self, sub: Subscription) -> str:
-        path = self.subscriber.subscription_path(self.project, sub.name)
+        path = self.subscriber.subscription_path(self.project,
+                                                 sub.name + self.subscription_suffix)
+        self._paths.append(path)
         try:
             self.subscriber.create_subscription(request={
                 "name": path,
@@ -116,6 +122,12 @@ class Bridge:
                 pass
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.subscription_suffix:  # a test's own subscriptions: nothing else will read them
+            for path in self._paths:
+                try:
+                    self.subscriber.delete_subscription(subscription=path)
+                except gexc.GoogleAPICallError:
+                    pass
 
     def _callback(self, sub: Subscription) -> Callable[[Any], None]:
         def handle(message: Any) -> None:

@@ -101,7 +101,8 @@ def deployed(function: str, env: dict[str, str], run_dir: Path) -> Iterator[Brid
     )
     (running,) = start_functions(topology.functions, env | {"PATH": "/usr/bin:/bin"},
                                  run_dir / "logs")
-    bridge = Bridge(topology, PROJECT, {function: running.url})
+    bridge = Bridge(topology, PROJECT, {function: running.url},
+                    subscription_suffix=f"-{uuid.uuid4().hex[:8]}")
     bridge.start()
     try:
         yield bridge
