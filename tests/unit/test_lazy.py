@@ -29,3 +29,25 @@ def test_fifty_concurrent_first_calls_build_once() -> None:
     assert pool.cache_info().currsize == 1
     pool.cache_clear()
     assert pool.cache_info().currsize == 0 and pool() is not results[0] and len(built) == 2
+
+
+def test_the_heap_is_frozen_only_when_modules_were_imported() -> None:
+    import gc
+    import sys
+    import types
+
+    from shared import lazy
+
+    lazy.freeze_after_imports()  # settle whatever earlier tests imported
+    frozen = gc.get_freeze_count()
+    kept = [[n] for n in range(1000)]  # long-lived containers made by a request
+    lazy.freeze_after_imports()
+    assert gc.get_freeze_count() == frozen  # no import: nothing moved
+
+    sys.modules["_test_lazy_fake_sdk"] = types.ModuleType("_test_lazy_fake_sdk")
+    try:
+        lazy.freeze_after_imports()
+        assert gc.get_freeze_count() >= frozen + len(kept)  # the new module's world is frozen
+    finally:
+        del sys.modules["_test_lazy_fake_sdk"]
+        gc.unfreeze()  # leave the test process as it was
