@@ -11,6 +11,7 @@ read-only bounded transaction, the domain functions; not HTTP and token checks),
 - span search: one service's last hour, newest first, first page and the next page (cursor);
   one service + operation + minimum duration over 24 hours, slowest first
 - Jaeger search: one service's last hour, 20 traces
+- Jaeger dependencies (links between services) over the last hour and over 24 hours
 
     python -m bench.telemetry_query [--spans 10000000] [--batch 500000] [--queries 200]
 """
@@ -193,6 +194,16 @@ def scenarios(traces: int, queries: int, now: datetime) -> list[tuple[str, list[
             tq.span_page(conn, tq.SpanFilters(), hour, None, first, CURSOR_KEY, "start_time",
                          "desc")
 
+    def dependencies_hour(i: int) -> None:
+        with tq.reading() as conn:
+            assert jaeger.dependencies(conn, jaeger.DependencyQuery(now, hour.end - hour.start,
+                                                                    None), None)
+
+    def dependencies_day(i: int) -> None:
+        with tq.reading() as conn:
+            assert jaeger.dependencies(conn, jaeger.DependencyQuery(now, day.end - day.start,
+                                                                    None), None)
+
     def tenant_services(i: int) -> None:
         with tq.reading() as conn:
             assert jaeger.services(conn, "nobody") == []
@@ -216,7 +227,10 @@ def scenarios(traces: int, queries: int, now: datetime) -> list[tuple[str, list[
             ("services overview, last hour (percentile_cont)", heavy, overview),
             ("endpoint ranking of a service, last hour", queries, ranking),
             ("span search: no filter, last hour, page 1", heavy, unfiltered_page),
-            ("Jaeger services of a tenant with no spans", heavy, tenant_services)):
+            ("Jaeger services of a tenant with no spans", heavy, tenant_services),
+            ("Jaeger dependencies, last hour", heavy, dependencies_hour),
+            ("Jaeger dependencies, 24 h (the UI's default)", max(3, heavy // 5),
+             dependencies_day)):
         results.append(measure(name, runs, run))
         sys.stderr.write(f"  measured {name}\n")
     return results

@@ -338,3 +338,62 @@ def _span(row: Any, process_id: str) -> dict[str, Any]:
             "duration": int(row[4]) // 1000, "tags": tags, "logs": logs,
             "processID": process_id, "warnings": None}
 
+
+
+# --- dependencies (the Jaeger UI's System Architecture page) ---------------------------------
+
+DEPENDENCY_LOOKBACK = timedelta(days=1)  # Jaeger's default
+MAX_DEPENDENCY_LOOKBACK = timedelta(days=7)
+# A parent span starts at most this long before its child, and a child no earlier than a
+# minute before its parent (clock skew between services). The bound lets each parent lookup
+# use the primary key (trace, span, start time) and touch only the partitions it can be in.
+PARENT_LEAD = timedelta(hours=1)
+CLOCK_SKEW = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class DependencyQuery:
+    end: datetime
+    lookback: timedelta
+    service: str | None
+
+
+def parse_dependencies(args: Any, now: datetime) -> DependencyQuery:
+    """`endTs` (unix ms, default now), `lookback` (ms, default 24 h) and an optional
+    `service`, as Jaeger's query service reads them."""
+    from shared.telemetry_jaeger_metrics import end_ts, millis
+
+    lookback = millis(args, "lookback", DEPENDENCY_LOOKBACK)
+    if lookback > MAX_DEPENDENCY_LOOKBACK:
+        raise bad("lookback", "must be at most 7 days")
+    service = args.get("service") or None
+    return DependencyQuery(end_ts(args, now), lookback,
+                           text_ok(service, "service") if service else None)
+
+
+def dependencies(conn: Connection, query: DependencyQuery, tenant: str | None
+                 ) -> list[dict[str, Any]]:
+    """Calls between services: for every span that started in the window and whose parent
+    belongs to another service, one call from the parent's service to the child's. Only the
+    links touching `service` when it is given (Jaeger's filter)."""
+    where = "AND c.tenant = :tenant" if tenant is not None else ""
+    params: dict[str, Any] = {"start": query.end - query.lookback, "end": query.end,
+                              "lead": PARENT_LEAD.total_seconds(),
+                              "skew": CLOCK_SKEW.total_seconds()}
+    if tenant is not None:
+        params["tenant"] = tenant
+    if query.service is not None:
+        where += " AND (p.service = :service OR c.service = :service)"
+        params["service"] = query.service
+    rows = conn.execute(_sql(
+        "SELECT p.service, c.service, count(*) FROM spans c JOIN spans p"
+        " ON p.trace_id = c.trace_id AND p.span_id = c.parent_span_id AND p.tenant = c.tenant"
+        " AND p.start_time BETWEEN c.start_time - make_interval(secs => :lead)"
+        " AND c.start_time + make_interval(secs => :skew)"
+        # The same bound with constants, so the planner leaves out the days no parent is in.
+        " AND p.start_time >= CAST(:start AS timestamptz) - make_interval(secs => :lead)"
+        " AND p.start_time <= CAST(:end AS timestamptz) + make_interval(secs => :skew)"
+        " WHERE c.start_time >= :start AND c.start_time <= :end"
+        f" AND c.parent_span_id IS NOT NULL AND p.service <> c.service {where}"
+        " GROUP BY 1, 2 ORDER BY 1, 2"), params).all()
+    return [{"parent": r[0], "child": r[1], "callCount": int(r[2])} for r in rows]

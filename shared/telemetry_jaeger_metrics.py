@@ -70,6 +70,21 @@ def _millis(args: Any, name: str, default: timedelta) -> timedelta:
     return timedelta(milliseconds=value)
 
 
+def end_ts(args: Any, now: datetime) -> datetime:
+    """Jaeger's `endTs`: unix milliseconds, now when absent."""
+    raw = args.get("endTs")
+    if not raw:
+        return now
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 15:
+        raise _bad("endTs", "must be unix milliseconds")
+    return datetime.fromtimestamp(int(raw) / 1000, UTC)
+
+
+def millis(args: Any, name: str, default: timedelta) -> timedelta:
+    """A positive whole number of milliseconds (Jaeger's `lookback`, `step`, `ratePer`)."""
+    return _millis(args, name, default)
+
+
 def parse(args: Any, now: datetime, latencies: bool) -> MetricsQuery:
     """The query from request args (a MultiDict: `service` and `spanKind` repeat)."""
     services = [s for s in args.getlist("service") if s]
@@ -84,13 +99,7 @@ def parse(args: Any, now: datetime, latencies: bool) -> MetricsQuery:
     group = (args.get("groupByOperation") or "false").lower()
     if group not in ("true", "false", "1", "0", "t", "f"):
         raise _bad("groupByOperation", "must be true or false")
-    end_raw = args.get("endTs")
-    if end_raw:
-        if not end_raw.isascii() or not end_raw.isdigit() or len(end_raw) > 15:
-            raise _bad("endTs", "must be unix milliseconds")
-        end = datetime.fromtimestamp(int(end_raw) / 1000, UTC)
-    else:
-        end = now
+    end = end_ts(args, now)
     lookback = _millis(args, "lookback", DEFAULT_LOOKBACK)
     if lookback > MAX_LOOKBACK:
         raise _bad("lookback", "must be at most 7 days")

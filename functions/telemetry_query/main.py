@@ -114,6 +114,22 @@ def jaeger_trace(call: Call) -> dict[str, Any]:
         return jaeger.get_trace(conn, call.params["trace_id"], tenant)
 
 
+@app.route("GET", "/api/dependencies", role=READ_ROLE,
+           summary="Jaeger: calls between services (System Architecture)")
+@jaeger_errors
+def jaeger_dependencies(call: Call) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    from shared import telemetry_jaeger as jaeger
+    from shared.telemetry_query import reading
+
+    query = jaeger.parse_dependencies(call.request.args, datetime.now(UTC))
+    tenant = _tenant(call)
+    with reading() as conn:
+        links = jaeger.dependencies(conn, query, tenant)
+    return jaeger.response(links, len(links))
+
+
 # --- Jaeger monitor tab (SPM) ----------------------------------------------------------------
 
 

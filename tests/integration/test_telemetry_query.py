@@ -251,6 +251,51 @@ def test_jaeger_search(tel: Telemetry) -> None:
     assert _trace_ids(tel.get("/api/traces", service="payments", lookback="1h")) == [T1]
 
 
+def test_jaeger_dependencies(tel: Telemetry) -> None:
+    """Links between services from parent spans in another service, counted, per tenant."""
+    base = tel.base
+    # A second trace: frontend -> payments -> ledger (and a call inside payments).
+    tel.insert_span(T2, A, base + timedelta(seconds=1), 9_000_000, service="frontend",
+                    name="GET /cart")
+    tel.insert_span(T2, B, base + timedelta(seconds=1, milliseconds=1), 8_000_000,
+                    service="payments", name="POST /charge", parent=A)
+    tel.insert_span(T2, C, base + timedelta(seconds=1, milliseconds=2), 1_000_000,
+                    service="ledger", name="INSERT entry", parent=B)
+    tel.insert_span(T2, "c" * 16, base + timedelta(seconds=1, milliseconds=3), 1_000_000,
+                    service="payments", name="validate", parent=B)
+    # Another tenant's call, and a span whose parent is not stored (no link).
+    tel.insert_span(T3, A, base, 5_000_000, service="acme-api", name="GET /", tenant="acme")
+    tel.insert_span(T3, B, base, 1_000_000, service="acme-db", name="SELECT", parent=A,
+                    tenant="acme")
+    tel.insert_span(T3, C, base, 1_000_000, service="orphan", name="x", parent="d" * 16)
+
+    end = str(micros(datetime.now(UTC)) // 1000)
+    resp = tel.get("/api/dependencies", endTs=end, lookback="3600000")
+    assert resp.status_code == 200, resp.json
+    assert resp.json["data"] == [
+        {"parent": "acme-api", "child": "acme-db", "callCount": 1},
+        {"parent": "frontend", "child": "payments", "callCount": 2},
+        {"parent": "payments", "child": "ledger", "callCount": 1}]
+    assert resp.json["total"] == 3 and resp.json["errors"] is None
+    # Jaeger's service filter keeps the links touching it; the defaults are now and 24 h.
+    assert tel.get("/api/dependencies", service="ledger").json["data"] == [
+        {"parent": "payments", "child": "ledger", "callCount": 1}]
+    assert [d["parent"] for d in tel.get("/api/dependencies", tenant="acme").json["data"]] == [
+        "acme-api"]
+    with tel.identity.engine.begin() as conn:
+        acme = telemetry_tokens.create(conn, "acme", "read")
+    mine = tel.get("/api/dependencies", {"Authorization": f"Bearer {acme}"}).json["data"]
+    assert mine == [{"parent": "acme-api", "child": "acme-db", "callCount": 1}]
+    # A window that ends before the spans has none.
+    before = str(micros(base - timedelta(minutes=1)) // 1000)
+    assert tel.get("/api/dependencies", endTs=before, lookback="60000").json["data"] == []
+    for query in ({"lookback": "soon"}, {"lookback": "0"}, {"endTs": "-1"},
+                  {"lookback": str(8 * 86_400_000)}):
+        resp = tel.get("/api/dependencies", **query)
+        assert resp.status_code == 400, query
+        assert resp.json["errors"][0]["code"] == 400 and resp.json["data"] is None
+
+
 @pytest.mark.parametrize(("query", "code"), [
     ({"service": "frontend", "minDuration": "abc"}, "invalid_duration"),
     ({"service": "frontend", "maxDuration": "10"}, "invalid_duration"),
