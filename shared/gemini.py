@@ -7,7 +7,8 @@
   BREAKER_THRESHOLD consecutive failed calls the model is not called for BREAKER_COOLDOWN_S
   (`GENAI_BREAKER_COOLDOWN_S`);
   callers get a clear 503 with Retry-After instead of waiting on a failing model. The first call
-  after the cool-down is the probe: success closes the breaker, failure opens it again.
+  after the cool-down is the probe: success closes the breaker, failure opens it again. An
+  instance that found the breaker clean trusts that for a second before reading it again.
 - Per-character safety settings (strict / standard / relaxed).
 """
 
@@ -251,18 +252,29 @@ def _sql(text: str) -> Any:
     return sqlalchemy.text(text)
 
 
+# A breaker this instance found closed with nothing counted is trusted for this long without
+# reading it again: a healthy model costs one read per second per instance, not one per call.
+# Another instance's failures reach this one at most that late; this instance's own failures
+# forget the trust at once.
+BREAKER_TRUST_S = 1.0
+_trusted_until: dict[str, float] = {}
+
+
 def check_breaker(model: str) -> bool:
     """503 with Retry-After while the model's breaker is open. Returns whether the breaker has
     anything for a success to reset (failures counted, or a cool-down that has passed), so the
-    common case, a healthy model, costs one read per call and no write."""
+    common case, a healthy model, costs no write (and at most one read a second)."""
     from shared import db
 
+    if time.monotonic() < _trusted_until.get(model, 0.0):
+        return False
     with db.autocommit_engine().connect() as conn:
         row = conn.execute(_sql(
             "SELECT consecutive_failures, open_until IS NOT NULL, "
             "ceil(extract(epoch FROM open_until - now())) FROM model_breakers "
             "WHERE model = :m"), {"m": model}).first()
-    if row is None:
+    if row is None or (not row[0] and not row[1]):
+        _trusted_until[model] = time.monotonic() + BREAKER_TRUST_S
         return False
     failures, has_open_until, remaining = row
     if remaining is not None and remaining > 0:
@@ -276,6 +288,8 @@ def record_outcome(model: str, ok: bool) -> None:
     """One atomic statement per call outcome: success closes, failures count and open."""
     from shared import db
 
+    if not ok:
+        _trusted_until.pop(model, None)
     with db.autocommit_engine().connect() as conn:
         if ok:
             conn.execute(_sql(

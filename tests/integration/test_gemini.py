@@ -22,6 +22,7 @@ def standin(platform_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("GENAI_BASE_URL", server.url)
     monkeypatch.setenv("GENAI_TIMEOUT_S", "0.5")
     monkeypatch.setattr(gemini, "BACKOFF_BASE_S", 0.01)  # keep retries quick in tests
+    monkeypatch.setattr(gemini, "_trusted_until", {})  # every test reads its own database
     clients.reset()
     try:
         yield server
@@ -78,6 +79,29 @@ def test_breaker_opens_after_consecutive_failures_and_closes_on_success(
     engine.dispose()
     assert gemini.generate(SYSTEM, CONTENTS).attempts == 1  # the probe succeeds and closes it
     gemini.generate(SYSTEM, CONTENTS)
+
+
+def test_a_clean_breaker_is_trusted_for_a_second_then_read_again(
+        standin: VertexStandin, platform_env: dict[str, str]) -> None:
+    import sqlalchemy
+
+    gemini.generate(SYSTEM, CONTENTS)  # reads the breaker: clean, so trusted for a second
+    engine = sqlalchemy.create_engine(platform_env["DATABASE_URL"])
+    with engine.begin() as conn:  # another instance's failures open it meanwhile
+        conn.execute(sqlalchemy.text(
+            "INSERT INTO model_breakers (model, consecutive_failures, open_until) "
+            "VALUES (:m, 5, now() + interval '30 seconds') ON CONFLICT (model) DO UPDATE "
+            "SET consecutive_failures = 5, open_until = now() + interval '30 seconds'"),
+            {"m": gemini.get_settings().genai_model})
+    engine.dispose()
+    calls = _calls(standin)
+    assert gemini.generate(SYSTEM, CONTENTS).attempts == 1  # within the second: not read
+    assert _calls(standin) == calls + 1
+    gemini._trusted_until.clear()  # the second has passed
+    with pytest.raises(gemini.ModelUnavailable) as caught:
+        gemini.generate(SYSTEM, CONTENTS)
+    assert caught.value.code == "model_circuit_open"
+    assert _calls(standin) == calls + 1  # the open breaker stopped the call
 
 
 def test_stream_yields_deltas_then_the_reply(standin: VertexStandin) -> None:
