@@ -9,6 +9,7 @@ usage and `chat.turn_completed` commit in one transaction (outbox).
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from dataclasses import dataclass, replace
@@ -230,9 +231,9 @@ def prepare(ctx: TurnContext, message: str) -> Prepared:
 
 def store(tx: Any, ctx: TurnContext, message: str, prepared: Prepared, reply: gemini.Reply
           ) -> dict[str, Any] | None:
-    """The new messages, the summary, usage and the event: one transaction. Returns None when
-    another turn changed the conversation since this one was read (nothing but the usage is
-    stored then: the tokens were spent)."""
+    """The new messages, the summary, usage and the event: one transaction of two statements.
+    Returns None when another turn changed the conversation since this one was read (nothing
+    but the usage is stored then: the tokens were spent)."""
     conn = tx.conn
     tokens = reply.input_tokens + reply.output_tokens + prepared.fold_tokens
     # The usage, and the row lock that makes turns on one conversation commit one at a time.
@@ -242,36 +243,61 @@ def store(tx: Any, ctx: TurnContext, message: str, prepared: Prepared, reply: ge
         "ON CONFLICT (user_id, day) DO UPDATE SET tokens = token_usage.tokens + :t) "
         "SELECT 1 FROM conversations WHERE id = CAST(:c AS uuid) FOR UPDATE"),
         {"u": ctx.user_id, "t": tokens, "c": ctx.conversation_id})
-    # A new statement, so a new snapshot: it sees what a turn that held the lock committed.
-    tail = _tail(conn, ctx.conversation_id)
-    if (str(tail[0]) if tail else None) != ctx.branch.expected_tail:
-        return None
     branch = ctx.branch
-    if branch.replaces_from_seq is not None:
-        conn.execute(_sql(
-            "UPDATE messages SET active = false WHERE conversation_id = CAST(:c AS uuid) "
-            "AND active AND seq >= :s"), {"c": ctx.conversation_id, "s": branch.replaces_from_seq})
     user_message = branch.attach_to if branch.kind == "regenerate" else str(uuid.uuid4())
-    if branch.kind != "regenerate":
-        conn.execute(_sql(
-            "INSERT INTO messages (id, conversation_id, parent_id, role, content) "
-            "VALUES (:id, :c, :p, 'user', :t)"),
-            {"id": user_message, "c": ctx.conversation_id, "p": branch.attach_to, "t": message})
     reply_message = str(uuid.uuid4())
-    conn.execute(_sql(
-        "WITH conversation AS (UPDATE conversations SET last_message_at = now(), "
-        "updated_at = now(), summary = :s, summary_upto_seq = :upto "
-        "WHERE id = CAST(:c AS uuid)) "
-        "INSERT INTO messages (id, conversation_id, parent_id, role, content, input_tokens, "
-        "output_tokens) VALUES (:id, :c, :p, 'assistant', :t, :i, :o)"),
-        {"id": reply_message, "c": ctx.conversation_id, "p": user_message, "t": reply.text,
-         "i": reply.input_tokens, "o": reply.output_tokens, "s": prepared.summary,
-         "upto": prepared.summary_upto_seq})
-    tx.emit(CHAT_TOPIC, Envelope("chat.turn_completed", {
+    envelope = Envelope("chat.turn_completed", {
         "user_id": ctx.user_id, "character_id": ctx.character_id,
         "conversation_id": ctx.conversation_id, "message_id": reply_message,
         "kind": branch.kind, "input_tokens": reply.input_tokens,
-        "output_tokens": reply.output_tokens}))
+        "output_tokens": reply.output_tokens})
+    # The new messages in path order (a regeneration adds only the reply).
+    rows = [] if branch.kind == "regenerate" else [
+        (user_message, branch.attach_to, "user", message, 0, 0)]
+    rows.append((reply_message, user_message, "assistant", reply.text, reply.input_tokens,
+                 reply.output_tokens))
+    params: dict[str, Any] = {
+        "c": ctx.conversation_id, "expected": branch.expected_tail, "count": len(rows),
+        "from_seq": branch.replaces_from_seq, "summary": prepared.summary,
+        "upto": prepared.summary_upto_seq, "event_id": envelope.id, "topic": CHAT_TOPIC,
+        "payload": envelope.to_json(), "attributes": json.dumps(envelope.attributes())}
+    for n, (message_id, parent, role, content, tokens_in, tokens_out) in enumerate(rows, 1):
+        params |= {f"id{n}": message_id, f"parent{n}": parent, f"role{n}": role,
+                   f"content{n}": content, f"in{n}": tokens_in, f"out{n}": tokens_out}
+    values = ", ".join(f"({n}, CAST(:id{n} AS uuid), CAST(:parent{n} AS uuid), :role{n}, "
+                       f":content{n}, CAST(:in{n} AS integer), CAST(:out{n} AS integer))"
+                       for n in range(1, len(rows) + 1))
+    deactivate = (
+        "replaced AS (UPDATE messages SET active = false WHERE conversation_id = "
+        "CAST(:c AS uuid) AND active AND seq >= :from_seq AND EXISTS (SELECT 1 FROM ok)), "
+        if branch.replaces_from_seq is not None else "")
+    event_id = conn.execute(_sql(
+        # A statement after the lock, so a snapshot after it: the tail it checks includes what
+        # a turn that held the lock committed. Every write is conditional on that tail.
+        "WITH ok AS (SELECT 1 WHERE (SELECT id FROM messages WHERE conversation_id = "
+        "CAST(:c AS uuid) AND active ORDER BY seq DESC LIMIT 1) "
+        "IS NOT DISTINCT FROM CAST(:expected AS uuid)), "
+        + deactivate +
+        # Sequence numbers taken together and sorted: the user's message comes before the reply.
+        "seqs AS (SELECT array_agg(n ORDER BY n) AS s FROM (SELECT "
+        "nextval(pg_get_serial_sequence('messages', 'seq')) AS n "
+        "FROM generate_series(1, :count)) taken), "
+        "inserted AS (INSERT INTO messages (id, conversation_id, parent_id, role, content, "
+        "input_tokens, output_tokens, seq) SELECT v.id, CAST(:c AS uuid), v.parent, v.role, "
+        "v.content, v.tokens_in, v.tokens_out, seqs.s[v.ord] FROM seqs, (VALUES " + values + ") "
+        "AS v(ord, id, parent, role, content, tokens_in, tokens_out) "
+        "WHERE EXISTS (SELECT 1 FROM ok)), "
+        "conversation AS (UPDATE conversations SET last_message_at = now(), updated_at = now(), "
+        "summary = :summary, summary_upto_seq = :upto "
+        "WHERE id = CAST(:c AS uuid) AND EXISTS (SELECT 1 FROM ok)), "
+        # As outbox.emit writes it; the row joins the transaction's publish after commit.
+        "event AS (INSERT INTO outbox (event_id, topic, payload, attributes) "
+        "SELECT :event_id, :topic, :payload, CAST(:attributes AS jsonb) "
+        "WHERE EXISTS (SELECT 1 FROM ok) RETURNING id) "
+        "SELECT (SELECT id FROM event)"), params).scalar_one()
+    if event_id is None:
+        return None
+    tx.track(int(event_id), CHAT_TOPIC, envelope)
     return {"conversation_id": ctx.conversation_id, "kind": branch.kind,
             "user_message_id": user_message,
             "reply": {"id": reply_message, "role": "assistant", "content": reply.text,
