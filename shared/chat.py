@@ -75,7 +75,6 @@ class Branch:
     kind: str  # "turn", "edit" or "regenerate"
     attach_to: str | None  # parent of the first new message
     replaces_from_seq: int | None  # active messages from this seq on leave the active path
-    expected_tail: str | None  # the last active message when the turn was read
 
 
 @dataclass(frozen=True)
@@ -92,6 +91,7 @@ class TurnContext:
     seqs: tuple[int, ...]  # seq of each history turn
     branch: Branch
     tokens_used_today: int
+    version: int  # the conversation's version when the turn was read (read first)
 
 
 # The conversation, its character, the user's name and the account's restrictions (if any).
@@ -99,7 +99,8 @@ _CONVERSATION = (
     "SELECT c.summary, c.summary_upto_seq, ch.id, ch.name, ch.description, ch.personality, "
     "ch.scenario, ch.system_prompt, ch.example_dialogue, ch.post_history_instructions, "
     "ch.safety_level, u.display_name, r.status, r.conversations_read_only, r.chat_blocked, "
-    "r.claims_blocked, (" + _USED_TODAY.format(user="c.user_id") + ") FROM conversations c "
+    "r.claims_blocked, (" + _USED_TODAY.format(user="c.user_id") + "), c.version "
+    "FROM conversations c "
     "JOIN characters ch ON ch.id = c.character_id JOIN users u ON u.id = c.user_id "
     "LEFT JOIN account_restrictions r ON r.user_id = c.user_id "
     "WHERE c.id = CAST(:c AS uuid) AND c.user_id = CAST(:u AS uuid) AND c.deleted_at IS NULL")
@@ -131,7 +132,7 @@ def _context(conn: Connection, user_id: str, conversation_id: str, cut_seq: int 
     return TurnContext(user_id, row[11], conversation_id, str(row[2]), persona, row[10],
                        summary, upto,
                        tuple(prompt.Turn(str(m[0]), m[1], m[2]) for m in messages),
-                       tuple(int(m[3]) for m in messages), branch, int(row[16]))
+                       tuple(int(m[3]) for m in messages), branch, int(row[16]), int(row[17]))
 
 
 def _tail(conn: Connection, conversation_id: str) -> Any:
@@ -142,36 +143,38 @@ def _tail(conn: Connection, conversation_id: str) -> Any:
         {"c": conversation_id}).first()
 
 
-def _checked_tail(conn: Connection, user_id: str, conversation_id: str) -> Any:
+def _checked_tail(conn: Connection, user_id: str, conversation_id: str) -> tuple[Any, int]:
     """The account may chat and owns the conversation (404 otherwise, before anything about
-    its messages is revealed); then the active path's last message."""
+    its messages is revealed); then the active path's last message, and the conversation's
+    version read before it."""
     lifecycle.require_can_chat(conn, user_id)
     owned = conn.execute(_sql(
-        "SELECT 1 FROM conversations WHERE id = CAST(:c AS uuid) AND user_id = CAST(:u AS uuid) "
-        "AND deleted_at IS NULL"), {"c": conversation_id, "u": user_id}).first()
+        "SELECT version FROM conversations WHERE id = CAST(:c AS uuid) "
+        "AND user_id = CAST(:u AS uuid) AND deleted_at IS NULL"),
+        {"c": conversation_id, "u": user_id}).first()
     if owned is None:
         raise errors.NotFound("no such conversation", code="conversation_not_found")
-    return _tail(conn, conversation_id)
+    return _tail(conn, conversation_id), int(owned[0])
 
 
 def load(conn: Connection, user_id: str, conversation_id: str) -> TurnContext:
     """A plain turn: the new message extends the active path. Its tail is the history's last
     message (every active message after the summary is in it); only a history that is all
     summarized needs the tail read on its own."""
-    ctx = _context(conn, user_id, conversation_id, None, Branch("turn", None, None, None))
+    ctx = _context(conn, user_id, conversation_id, None, Branch("turn", None, None))
     if ctx.history:
         tail_id: str | None = ctx.history[-1].id
     else:
         tail = _tail(conn, conversation_id)
         tail_id = str(tail[0]) if tail else None
-    return replace(ctx, branch=Branch("turn", tail_id, None, tail_id))
+    return replace(ctx, branch=Branch("turn", tail_id, None))
 
 
 def load_edit(conn: Connection, user_id: str, conversation_id: str, message_id: str
               ) -> TurnContext:
     """An edit of a user message on the active path: the edited text becomes a sibling of it,
     and the conversation continues from there."""
-    tail = _checked_tail(conn, user_id, conversation_id)
+    _, version = _checked_tail(conn, user_id, conversation_id)
     target = conn.execute(_sql(
         "SELECT parent_id, seq, role, active FROM messages "
         "WHERE id = CAST(:m AS uuid) AND conversation_id = CAST(:c AS uuid)"),
@@ -182,15 +185,15 @@ def load_edit(conn: Connection, user_id: str, conversation_id: str, message_id: 
         raise errors.Conflict("only a user message on the active path can be edited",
                               code="message_not_editable")
     parent = str(target[0]) if target[0] else None
-    return _context(conn, user_id, conversation_id, int(target[1]),
-                    Branch("edit", parent, int(target[1]), str(tail[0]) if tail else None))
+    return replace(_context(conn, user_id, conversation_id, int(target[1]),
+                            Branch("edit", parent, int(target[1]))), version=version)
 
 
 def load_regenerate(conn: Connection, user_id: str, conversation_id: str
                     ) -> tuple[TurnContext, str]:
     """A new reply to the last user message, kept beside the old one. Returns the context and
     the user message the reply answers."""
-    tail = _checked_tail(conn, user_id, conversation_id)
+    tail, version = _checked_tail(conn, user_id, conversation_id)
     question = None
     if tail is not None and tail[2] == "assistant" and tail[1] is not None:
         question = conn.execute(_sql(
@@ -198,9 +201,9 @@ def load_regenerate(conn: Connection, user_id: str, conversation_id: str
     if question is None or question[1] != "user":
         raise errors.Conflict("the last message is not a reply to a user message",
                               code="nothing_to_regenerate")
-    return (_context(conn, user_id, conversation_id, int(question[3]),
-                     Branch("regenerate", str(question[0]), int(tail[4]), str(tail[0]))),
-            question[2])
+    return (replace(_context(conn, user_id, conversation_id, int(question[3]),
+                             Branch("regenerate", str(question[0]), int(tail[4]))),
+                    version=version), question[2])
 
 
 @dataclass(frozen=True)
@@ -229,20 +232,20 @@ def prepare(ctx: TurnContext, message: str) -> Prepared:
     return Prepared(rebuilt, folded.text, upto, folded.input_tokens + folded.output_tokens)
 
 
-def store(tx: Any, ctx: TurnContext, message: str, prepared: Prepared, reply: gemini.Reply
-          ) -> dict[str, Any] | None:
-    """The new messages, the summary, usage and the event: one transaction of two statements.
-    Returns None when another turn changed the conversation since this one was read (nothing
-    but the usage is stored then: the tokens were spent)."""
-    conn = tx.conn
-    tokens = reply.input_tokens + reply.output_tokens + prepared.fold_tokens
-    # The usage, and the row lock that makes turns on one conversation commit one at a time.
-    conn.execute(_sql(
-        "WITH usage AS (INSERT INTO token_usage (user_id, day, tokens) VALUES "
-        "(CAST(:u AS uuid), (now() AT TIME ZONE 'UTC')::date, :t) "
-        "ON CONFLICT (user_id, day) DO UPDATE SET tokens = token_usage.tokens + :t) "
-        "SELECT 1 FROM conversations WHERE id = CAST(:c AS uuid) FOR UPDATE"),
-        {"u": ctx.user_id, "t": tokens, "c": ctx.conversation_id})
+def store(conn: Connection, ctx: TurnContext, message: str, prepared: Prepared,
+          reply: gemini.Reply, idempotency: tuple[str, str] | None = None
+          ) -> tuple[dict[str, Any], Any] | None:
+    """The usage, and if the conversation is still at the version the turn was read at: the new
+    messages, the summary, the version bump, the `chat.turn_completed` outbox row and the
+    stored Idempotency-Key answer. One statement, so one round trip and its own transaction
+    (autocommit). Returns (the answer, the outbox row to publish), or None when another turn
+    changed the conversation meanwhile (then only the usage is stored: the tokens were spent).
+
+    The version check is the row update's WHERE: an update that waits for a concurrent turn's
+    row lock re-checks it against the row that turn committed, so two turns never both extend
+    the same path. Everything else is conditional on that update's result."""
+    from shared import outbox
+
     branch = ctx.branch
     user_message = branch.attach_to if branch.kind == "regenerate" else str(uuid.uuid4())
     reply_message = str(uuid.uuid4())
@@ -251,57 +254,65 @@ def store(tx: Any, ctx: TurnContext, message: str, prepared: Prepared, reply: ge
         "conversation_id": ctx.conversation_id, "message_id": reply_message,
         "kind": branch.kind, "input_tokens": reply.input_tokens,
         "output_tokens": reply.output_tokens})
-    # The new messages in path order (a regeneration adds only the reply).
-    rows = [] if branch.kind == "regenerate" else [
-        (user_message, branch.attach_to, "user", message, 0, 0)]
-    rows.append((reply_message, user_message, "assistant", reply.text, reply.input_tokens,
-                 reply.output_tokens))
-    params: dict[str, Any] = {
-        "c": ctx.conversation_id, "expected": branch.expected_tail, "count": len(rows),
-        "from_seq": branch.replaces_from_seq, "summary": prepared.summary,
-        "upto": prepared.summary_upto_seq, "event_id": envelope.id, "topic": CHAT_TOPIC,
-        "payload": envelope.to_json(), "attributes": json.dumps(envelope.attributes())}
-    for n, (message_id, parent, role, content, tokens_in, tokens_out) in enumerate(rows, 1):
-        params |= {f"id{n}": message_id, f"parent{n}": parent, f"role{n}": role,
-                   f"content{n}": content, f"in{n}": tokens_in, f"out{n}": tokens_out}
-    values = ", ".join(f"({n}, CAST(:id{n} AS uuid), CAST(:parent{n} AS uuid), :role{n}, "
-                       f":content{n}, CAST(:in{n} AS integer), CAST(:out{n} AS integer))"
-                       for n in range(1, len(rows) + 1))
-    deactivate = (
-        "replaced AS (UPDATE messages SET active = false WHERE conversation_id = "
-        "CAST(:c AS uuid) AND active AND seq >= :from_seq AND EXISTS (SELECT 1 FROM ok)), "
-        if branch.replaces_from_seq is not None else "")
-    event_id = conn.execute(_sql(
-        # A statement after the lock, so a snapshot after it: the tail it checks includes what
-        # a turn that held the lock committed. Every write is conditional on that tail.
-        "WITH ok AS (SELECT 1 WHERE (SELECT id FROM messages WHERE conversation_id = "
-        "CAST(:c AS uuid) AND active ORDER BY seq DESC LIMIT 1) "
-        "IS NOT DISTINCT FROM CAST(:expected AS uuid)), "
-        + deactivate +
-        # Sequence numbers taken together and sorted: the user's message comes before the reply.
-        "seqs AS (SELECT array_agg(n ORDER BY n) AS s FROM (SELECT "
-        "nextval(pg_get_serial_sequence('messages', 'seq')) AS n "
-        "FROM generate_series(1, :count)) taken), "
-        "inserted AS (INSERT INTO messages (id, conversation_id, parent_id, role, content, "
-        "input_tokens, output_tokens, seq) SELECT v.id, CAST(:c AS uuid), v.parent, v.role, "
-        "v.content, v.tokens_in, v.tokens_out, seqs.s[v.ord] FROM seqs, (VALUES " + values + ") "
-        "AS v(ord, id, parent, role, content, tokens_in, tokens_out) "
-        "WHERE EXISTS (SELECT 1 FROM ok)), "
-        "conversation AS (UPDATE conversations SET last_message_at = now(), updated_at = now(), "
-        "summary = :summary, summary_upto_seq = :upto "
-        "WHERE id = CAST(:c AS uuid) AND EXISTS (SELECT 1 FROM ok)), "
-        # As outbox.emit writes it; the row joins the transaction's publish after commit.
-        "event AS (INSERT INTO outbox (event_id, topic, payload, attributes) "
-        "SELECT :event_id, :topic, :payload, CAST(:attributes AS jsonb) "
-        "WHERE EXISTS (SELECT 1 FROM ok) RETURNING id) "
-        "SELECT (SELECT id FROM event)"), params).scalar_one()
-    if event_id is None:
-        return None
-    tx.track(int(event_id), CHAT_TOPIC, envelope)
-    return {"conversation_id": ctx.conversation_id, "kind": branch.kind,
+    body = {"conversation_id": ctx.conversation_id, "kind": branch.kind,
             "user_message_id": user_message,
             "reply": {"id": reply_message, "role": "assistant", "content": reply.text,
                       "parent_id": user_message},
             "usage": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens,
                       "summary_tokens": prepared.fold_tokens, "model": reply.model,
                       "attempts": reply.attempts}}
+    # The new messages in path order (a regeneration adds only the reply).
+    rows = [] if branch.kind == "regenerate" else [
+        (user_message, branch.attach_to, "user", message, 0, 0)]
+    rows.append((reply_message, user_message, "assistant", reply.text, reply.input_tokens,
+                 reply.output_tokens))
+    params: dict[str, Any] = {
+        "c": ctx.conversation_id, "u": ctx.user_id, "version": ctx.version,
+        "tokens": reply.input_tokens + reply.output_tokens + prepared.fold_tokens,
+        "count": len(rows), "from_seq": branch.replaces_from_seq,
+        "summary": prepared.summary, "upto": prepared.summary_upto_seq,
+        "event_id": envelope.id, "topic": CHAT_TOPIC, "payload": envelope.to_json(),
+        "attributes": json.dumps(envelope.attributes())}
+    for n, (message_id, parent, role, content, tokens_in, tokens_out) in enumerate(rows, 1):
+        params |= {f"id{n}": message_id, f"parent{n}": parent, f"role{n}": role,
+                   f"content{n}": content, f"in{n}": tokens_in, f"out{n}": tokens_out}
+    values = ", ".join(f"({n}, CAST(:id{n} AS uuid), CAST(:parent{n} AS uuid), :role{n}, "
+                       f":content{n}, CAST(:in{n} AS integer), CAST(:out{n} AS integer))"
+                       for n in range(1, len(rows) + 1))
+    parts = [
+        "usage AS (INSERT INTO token_usage (user_id, day, tokens) VALUES "
+        "(CAST(:u AS uuid), (now() AT TIME ZONE 'UTC')::date, :tokens) "
+        "ON CONFLICT (user_id, day) DO UPDATE SET tokens = token_usage.tokens + :tokens)",
+        "ok AS (UPDATE conversations SET version = version + 1, last_message_at = now(), "
+        "updated_at = now(), summary = :summary, summary_upto_seq = :upto "
+        "WHERE id = CAST(:c AS uuid) AND version = :version RETURNING id)",
+        # Sequence numbers taken together and sorted: the user's message precedes the reply.
+        "seqs AS (SELECT array_agg(n ORDER BY n) AS s FROM (SELECT "
+        "nextval(pg_get_serial_sequence('messages', 'seq')) AS n "
+        "FROM generate_series(1, :count)) taken WHERE EXISTS (SELECT 1 FROM ok))",
+        "inserted AS (INSERT INTO messages (id, conversation_id, parent_id, role, content, "
+        "input_tokens, output_tokens, seq) SELECT v.id, CAST(:c AS uuid), v.parent, v.role, "
+        "v.content, v.tokens_in, v.tokens_out, seqs.s[v.ord] FROM seqs, (VALUES " + values + ") "
+        "AS v(ord, id, parent, role, content, tokens_in, tokens_out) "
+        "WHERE EXISTS (SELECT 1 FROM ok))",
+        # As outbox.emit writes it.
+        "event AS (INSERT INTO outbox (event_id, topic, payload, attributes) "
+        "SELECT :event_id, :topic, :payload, CAST(:attributes AS jsonb) "
+        "WHERE EXISTS (SELECT 1 FROM ok) RETURNING id)"]
+    if branch.replaces_from_seq is not None:
+        parts.append(
+            "replaced AS (UPDATE messages SET active = false WHERE conversation_id = "
+            "CAST(:c AS uuid) AND active AND seq >= :from_seq AND EXISTS (SELECT 1 FROM ok))")
+    if idempotency is not None:
+        # As idempotency.complete stores it: the answer commits with the turn.
+        parts.append(
+            "stored AS (UPDATE idempotency_keys SET status = 'completed', "
+            "response_status = 201, response_body = CAST(:answer AS jsonb) "
+            "WHERE scope = :scope AND key = :key AND EXISTS (SELECT 1 FROM ok))")
+        params |= {"scope": idempotency[0], "key": idempotency[1],
+                   "answer": json.dumps(body, default=str)}
+    event_id = conn.execute(_sql(
+        "WITH " + ", ".join(parts) + " SELECT (SELECT id FROM event)"), params).scalar_one()
+    if event_id is None:
+        return None
+    return body, outbox.pending(int(event_id), CHAT_TOPIC, envelope)

@@ -222,10 +222,13 @@ def select(conn: Connection, user_id: str, conversation_id: str, message_id: str
             "ORDER BY k.seq DESC LIMIT 1) FROM chain WHERE chain.id IS NOT NULL) "
             "UPDATE messages SET active = true WHERE id IN (SELECT id FROM chain)"),
             {"m": message_id})
+        # The path changed: a new version, so a turn read before this swipe is refused (409).
         # A summary that tells of the replaced branch no longer fits: rebuild it next turn.
         conn.execute(_sql(
-            "UPDATE conversations SET summary = '', summary_upto_seq = 0, updated_at = now() "
-            "WHERE id = CAST(:c AS uuid) AND summary_upto_seq >= :s"),
+            "UPDATE conversations SET version = version + 1, updated_at = now(), "
+            "summary = CASE WHEN summary_upto_seq >= :s THEN '' ELSE summary END, "
+            "summary_upto_seq = CASE WHEN summary_upto_seq >= :s THEN 0 "
+            "ELSE summary_upto_seq END WHERE id = CAST(:c AS uuid)"),
             {"c": conversation_id, "s": current[0]})
     return alternatives(conn, user_id, conversation_id, message_id)
 

@@ -60,8 +60,13 @@ class OutboxTransaction:
               attributes: dict[str, str] | None = None) -> None:
         """An event row the caller inserted itself (inside a larger statement): published after
         commit like the rows `emit` writes."""
-        self.emitted.append(Emitted(row_id, topic, envelope.to_json(),
-                                    envelope.attributes() | (attributes or {})))
+        self.emitted.append(pending(row_id, topic, envelope, attributes))
+
+
+def pending(row_id: int, topic: str, envelope: Envelope,
+            attributes: dict[str, str] | None = None) -> Emitted:
+    """A committed event row, as the publish after commit needs it."""
+    return Emitted(row_id, topic, envelope.to_json(), envelope.attributes() | (attributes or {}))
 
 
 def emit(conn: Connection, topic: str, envelope: Envelope,

@@ -113,17 +113,18 @@ def _complete(ctx: Any, message: str, prepared: Any, key: str | None, scope: str
 
 def _store(ctx: Any, message: str, prepared: Any, reply: Any, key: str | None, scope: str
            ) -> dict[str, Any]:
-    from shared import chat, idempotency, outbox
+    from shared import chat, db, outbox
 
-    # The turn's event is sent at once but its confirmation is not awaited: the reply does not
-    # wait a Pub/Sub round trip, and the relay re-sends anything left unconfirmed.
-    with outbox.transaction(wait=False) as tx:
-        body = chat.store(tx, ctx, message, prepared, reply)
-        if body is not None and key is not None:
-            idempotency.complete(tx.conn, scope, key, 201, body)
-    if body is None:
+    with db.autocommit() as conn:  # one statement: its own transaction
+        stored = chat.store(conn, ctx, message, prepared, reply,
+                            (scope, key) if key is not None else None)
+    if stored is None:
         raise errors.Conflict("the conversation changed while this reply was written; "
                               "read it again and retry", code="conversation_changed")
+    body, event = stored
+    # The turn's event is sent at once but its confirmation is not awaited: the reply does not
+    # wait a Pub/Sub round trip, and the relay re-sends anything left unconfirmed.
+    outbox.publish_rows_in_background([event])
     return body
 
 

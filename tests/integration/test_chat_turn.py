@@ -5,6 +5,7 @@ the token quota, history folding, restrictions and model faults."""
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -190,6 +191,25 @@ def test_regenerate_keeps_the_old_reply_as_an_alternative(chat: dict[str, Any]) 
     assert rows[2]["id"] == first["reply"]["id"] and rows[0]["id"] == nxt["reply"]["id"]
 
 
+def test_a_turn_read_before_a_swipe_is_refused(chat: dict[str, Any]) -> None:
+    """A swipe changes the active path, so it changes the conversation's version: a turn built
+    on the path before it writes nothing."""
+    from shared import chat as chat_domain
+    from shared import db
+    from shared.gemini import Reply
+
+    first = _say(chat, "Pick a cake for me.").json
+    assert _turn(chat, "/regenerate").status_code == 201
+    with db.autocommit() as conn:
+        before = chat_domain.load(conn, chat["account"]["user_id"], chat["conversation"])
+    assert _conv(chat, f"/messages/{first['reply']['id']}/select", "post").status_code == 200
+    reply = Reply(text="late", input_tokens=1, output_tokens=1, model="m", attempts=1)
+    with db.autocommit() as conn:
+        assert chat_domain.store(conn, before, "Stale", chat_domain.prepare(before, "Stale"),
+                                 reply) is None
+    assert "Stale" not in [t for _, t in _messages(chat)]
+
+
 def test_edit_branches_and_select_restores_the_old_branch(chat: dict[str, Any]) -> None:
     one = _say(chat, "I'd like tea.").json
     _say(chat, "With milk.")
@@ -262,23 +282,37 @@ def test_an_edit_inside_the_summarized_part_drops_the_summary(
                         c=chat["conversation"]) == [(0,)]
 
 
-def test_concurrent_turns_on_one_conversation_store_one_branch(chat: dict[str, Any]) -> None:
-    """Two turns read the same tail; the second to commit is refused, so the active path stays
-    one chain."""
+def test_concurrent_turns_on_one_conversation_store_one_branch(identity: Identity,
+                                                              chat: dict[str, Any]) -> None:
+    """Two turns read the same version. The second one's statement waits for the first one's
+    row lock, re-checks the version after it commits and writes nothing but its usage, so the
+    active path stays one chain."""
     from shared import chat as chat_domain
-    from shared import db, outbox
+    from shared import db
     from shared.gemini import Reply
 
     user = chat["account"]["user_id"]
-    with db.transaction() as conn:
+    with db.autocommit() as conn:
         a = chat_domain.load(conn, user, chat["conversation"])
         b = chat_domain.load(conn, user, chat["conversation"])
     reply = Reply(text="ok", input_tokens=3, output_tokens=1, model="m", attempts=1)
-    with outbox.transaction() as tx:
-        assert chat_domain.store(tx, a, "A", chat_domain.prepare(a, "A"), reply) is not None
-    with outbox.transaction() as tx:
-        assert chat_domain.store(tx, b, "B", chat_domain.prepare(b, "B"), reply) is None
+    outcome: dict[str, Any] = {}
+
+    def second() -> None:
+        with db.autocommit() as conn:
+            outcome["b"] = chat_domain.store(conn, b, "B", chat_domain.prepare(b, "B"), reply)
+
+    with db.transaction() as conn:  # the first turn's statement, not committed yet
+        assert chat_domain.store(conn, a, "A", chat_domain.prepare(a, "A"), reply) is not None
+        racing = threading.Thread(target=second)
+        racing.start()
+        racing.join(timeout=0.5)
+        assert racing.is_alive()  # waiting for the row lock
+    racing.join(timeout=10)
+    assert outcome["b"] is None
     assert [t for r, t in _messages(chat) if r == "user"] == ["A"]
+    assert identity.sql("SELECT tokens FROM token_usage WHERE user_id = CAST(:u AS uuid)",
+                        u=user) == [(8,)]  # both turns' tokens were spent
 
 
 def test_a_turn_is_traced_with_model_latency_and_tokens(chat: dict[str, Any],
