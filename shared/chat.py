@@ -95,11 +95,19 @@ class TurnContext:
 
 
 # The conversation, its character, the user's name and the account's restrictions (if any).
+# The conversation, its character, the user's name, the account's restrictions (if any),
+# today's token use, the version, and the active history after the summary (or all of it when
+# the turn cuts the path inside the summarized part) and before the cut: one round trip, one
+# snapshot.
 _CONVERSATION = (
     "SELECT c.summary, c.summary_upto_seq, ch.id, ch.name, ch.description, ch.personality, "
     "ch.scenario, ch.system_prompt, ch.example_dialogue, ch.post_history_instructions, "
     "ch.safety_level, u.display_name, r.status, r.conversations_read_only, r.chat_blocked, "
-    "r.claims_blocked, (" + _USED_TODAY.format(user="c.user_id") + "), c.version "
+    "r.claims_blocked, (" + _USED_TODAY.format(user="c.user_id") + "), c.version, "
+    "(SELECT json_agg(json_build_array(m.id, m.role, m.content, m.seq) ORDER BY m.seq) "
+    " FROM messages m WHERE m.conversation_id = c.id AND m.active "
+    " AND m.role IN ('user', 'assistant') AND m.seq < :cut AND m.seq > "
+    " CASE WHEN :cut <= c.summary_upto_seq THEN 0 ELSE c.summary_upto_seq END) "
     "FROM conversations c "
     "JOIN characters ch ON ch.id = c.character_id JOIN users u ON u.id = c.user_id "
     "LEFT JOIN account_restrictions r ON r.user_id = c.user_id "
@@ -111,21 +119,18 @@ def _context(conn: Connection, user_id: str, conversation_id: str, cut_seq: int 
     """The conversation (the caller's own), its character, and the active history before
     `cut_seq`. A branch cut inside the summarized part cannot use the summary (it tells of
     messages the branch replaces): such a turn starts from the full history again."""
-    row = conn.execute(_sql(_CONVERSATION), {"c": conversation_id, "u": user_id}).first()
+    cut = cut_seq if cut_seq is not None else 2**63 - 1
+    row = conn.execute(_sql(_CONVERSATION), {"c": conversation_id, "u": user_id,
+                                             "cut": cut}).first()
     if row is None:
         lifecycle.require_can_chat(conn, user_id)  # a blocked account hears that first
         raise errors.NotFound("no such conversation", code="conversation_not_found")
     if row[12] is not None:
         lifecycle.check_can_chat(lifecycle.Restrictions(*row[12:16]))
     summary, upto = row[0], int(row[1])
-    if cut_seq is not None and cut_seq <= upto:
+    if cut <= upto:
         summary, upto = "", 0
-    messages = conn.execute(_sql(
-        "SELECT id, role, content, seq FROM messages WHERE conversation_id = CAST(:c AS uuid) "
-        "AND active AND role IN ('user', 'assistant') AND seq > :upto AND seq < :cut "
-        "ORDER BY seq"),
-        {"c": conversation_id, "upto": upto,
-         "cut": cut_seq if cut_seq is not None else 2**63 - 1}).all()
+    messages = row[18] or []  # [id, role, content, seq] each, in path order
     persona = prompt.Persona(name=row[3], description=row[4], personality=row[5],
                              scenario=row[6], system_prompt=row[7], example_dialogue=row[8],
                              post_history_instructions=row[9])
