@@ -70,3 +70,37 @@ def test_alg_none_is_rejected() -> None:
                f"{b64({'sub': 'u1', 'iss': ISS, 'aud': AUD, 'iat': now, 'exp': now + 60})}."
     with pytest.raises(errors.Unauthorized):
         verify(unsigned)
+
+
+def test_verified_tokens_are_remembered_until_they_expire(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """A client's repeated token is verified once; an altered one, or one past its expiry (or
+    the TTL), is verified again. The session is still checked per request elsewhere."""
+    from shared import auth
+    from shared.auth import Principal
+
+    calls: list[str] = []
+    now = time.time()
+
+    def verified(token: str) -> tuple[Principal, bool]:
+        calls.append(token)
+        exp = now + (5 if token == "short" else 3600)
+        return Principal(subject="u", roles=frozenset(), session_id="s", token_id=None,
+                         claims={"exp": exp}), False
+
+    monkeypatch.setattr(auth, "_verified", {})
+    monkeypatch.setattr(auth, "_verify_request_token", verified)
+    clock = {"t": now}
+    monkeypatch.setattr(time, "time", lambda: clock["t"])
+    assert auth.verify_request_token("a")[0].subject == "u"
+    auth.verify_request_token("a")
+    auth.verify_request_token("a.")  # another string: verified afresh
+    auth.verify_request_token("short")
+    assert calls == ["a", "a.", "short"]
+    clock["t"] = now + 10  # past "short"'s expiry, within the TTL of "a"
+    auth.verify_request_token("a")
+    auth.verify_request_token("short")
+    assert calls == ["a", "a.", "short", "short"]
+    clock["t"] = now + auth.VERIFIED_TTL_S + 1  # past the TTL
+    auth.verify_request_token("a")
+    assert calls[-1] == "a"
