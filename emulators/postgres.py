@@ -42,7 +42,7 @@ START_TIMEOUT = 30.0
 
 @dataclass
 class PostgresHandle:
-    url: str  # SQLAlchemy: postgresql+pg8000://USER:PASS@HOST:PORT/DB
+    url: str  # SQLAlchemy: postgresql+psycopg://USER:PASS@HOST:PORT/DB
     dsn: str  # libpq URI (psql, psycopg): postgresql://USER:PASS@HOST:PORT/DB
     host: str
     port: int
@@ -81,11 +81,12 @@ def start_postgres(run_dir: Path) -> PostgresHandle:
 
 
 def normalize_url(text: str) -> URL:
-    """Any postgres:// or postgresql[+driver]:// URL, rewritten to the pg8000 driver we ship."""
+    """Any postgres:// or postgresql[+driver]:// URL, rewritten to the driver we ship (psycopg;
+    the local cloud's own admin connections use pg8000's native API)."""
     url = make_url(text)
     if url.drivername.split("+")[0] not in ("postgres", "postgresql"):
         raise ValueError(f"DATABASE_URL is not a PostgreSQL URL: {url.render_as_string()}")
-    return url.set(drivername="postgresql+pg8000")
+    return url.set(drivername="postgresql+psycopg")
 
 
 def find_postgres_bindir() -> tuple[Path, str]:
@@ -241,7 +242,7 @@ def _start_cluster(run_dir: Path, bindir: Path, source: str, began: float) -> Po
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
     process.stop_hook = lambda: _fast_shutdown(process)
-    url = URL.create("postgresql+pg8000", PG_USER, password, LOOPBACK, port, PG_DATABASE)
+    url = URL.create("postgresql+psycopg", PG_USER, password, LOOPBACK, port, PG_DATABASE)
     try:
         wait_until(lambda: _accepts(url), f"postgres ({bindir})", START_TIMEOUT, process)
         conn = _connect(url, database="postgres")

@@ -1,7 +1,8 @@
 """The database engine, created lazily once per instance.
 
 Production reaches Cloud SQL through cloud-sql-python-connector with IAM database auth
-(`INSTANCE_CONNECTION_NAME`); locally a plain SQLAlchemy URL (`DATABASE_URL`). SQLAlchemy is
+(`INSTANCE_CONNECTION_NAME`); locally a plain SQLAlchemy URL (`DATABASE_URL`). The driver is
+psycopg 3 either way. SQLAlchemy is
 imported on first use, not at function import, to keep cold starts short.
 """
 
@@ -48,20 +49,32 @@ def _create_engine(**options: Any) -> Engine:
     # opening and closing "overflow" connections per request, each a new TCP session, SSL
     # negotiation and backend (this churn was a quarter of chat_turn's CPU at 20 concurrent
     # turns). Two engines per instance: at most 2 x POOL_SIZE connections to the database.
+    # psycopg's automatic server-side prepared statements stay off: a plan prepared before a
+    # migration can fail after it ("cached plan must not change result type"), and the
+    # migration job runs while instances serve.
     pool: dict[str, Any] = {"pool_size": POOL_SIZE, "max_overflow": 0,
                             "pool_recycle": 1800} | options
     if settings.instance_connection_name:
-        created = sqlalchemy.create_engine("postgresql+pg8000://",
+        created = sqlalchemy.create_engine("postgresql+psycopg://",
                                            creator=_connector_creator(), **pool)
     else:
         if not settings.database_url:
             raise ConfigError("set DATABASE_URL (local) or INSTANCE_CONNECTION_NAME (Cloud SQL)")
-        url = settings.database_url
-        if url.startswith("postgresql://"):
-            url = "postgresql+pg8000://" + url.removeprefix("postgresql://")
-        created = sqlalchemy.create_engine(url, **pool)
+        created = sqlalchemy.create_engine(
+            driver_url(settings.database_url), **pool,
+            connect_args={"prepare_threshold": None})
     _ping_when_idle(created)
     return created
+
+
+def driver_url(url: str) -> Any:
+    """Any postgres:// or postgresql[+driver]:// URL, for the driver we ship (psycopg 3)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.drivername.split("+")[0] not in ("postgres", "postgresql"):
+        raise ConfigError("DATABASE_URL is not a PostgreSQL URL")
+    return parsed.set(drivername="postgresql+psycopg")
 
 
 def _ping_when_idle(created: Engine) -> None:
@@ -112,9 +125,9 @@ def _connector_creator() -> Any:
         # Functions sign in as their service account (IAM auth); the migration job, which
         # owns the schema, as a built-in user with a password from Secret Manager.
         password = os.environ.get("DB_PASSWORD")
-        return _connector().connect(
+        connection = _connector().connect(
             str(settings.instance_connection_name),
-            "pg8000",
+            "psycopg",
             user=os.environ.get("DB_USER") if password else settings.db_user,
             password=password,
             db=settings.db_name,
@@ -124,6 +137,8 @@ def _connector_creator() -> Any:
             ip_type=IPTypes.PRIVATE if os.environ.get("DB_IP_TYPE") == "private"
             else IPTypes.PUBLIC,
         )
+        connection.prepare_threshold = None  # see _create_engine
+        return connection
 
     return connect
 

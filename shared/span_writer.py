@@ -16,7 +16,6 @@ transaction: an error is announced exactly when it is first stored, never twice.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import zlib
@@ -265,22 +264,19 @@ def _error(row: Any) -> dict[str, Any]:
 
 def copy_rows(conn: Connection, table: str, columns: tuple[str, ...], csv_data: bytes) -> int:
     """COPY CSV rows into `table` on the transaction's own connection; the row count."""
-    from pg8000.exceptions import DatabaseError
+    import psycopg
 
     driver = conn.connection.driver_connection
     assert driver is not None
-    cursor = driver.cursor()
+    text = ", ".join(otlp.TEXT_COLUMNS[table.removesuffix("_stage")])
     try:
-        text = ", ".join(otlp.TEXT_COLUMNS[table.removesuffix("_stage")])
-        cursor.execute(f"COPY {table} ({', '.join(columns)}) FROM STDIN "
-                       f"WITH (FORMAT csv, FORCE_NOT_NULL ({text}))", stream=io.BytesIO(csv_data))
-        return int(cursor.rowcount)
-    except DatabaseError as exc:
+        with driver.cursor() as cursor:
+            with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN "
+                             f"WITH (FORMAT csv, FORCE_NOT_NULL ({text}))") as copy:
+                copy.write(csv_data)
+            return int(cursor.rowcount)
+    except psycopg.Error as exc:
         # 23505 unique_violation: stored before; 23514: no partition for the row's day.
-        detail = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
-        if detail.get("C") in ("23505", "23514"):
-            raise _DuplicateOrExpired(detail.get("M", "")) from exc
+        if exc.sqlstate in ("23505", "23514"):
+            raise _DuplicateOrExpired(exc.diag.message_primary or "") from exc
         raise
-    finally:
-        cursor.close()
-

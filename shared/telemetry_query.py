@@ -110,7 +110,7 @@ def reading(timeout_ms: int = STATEMENT_TIMEOUT_MS) -> Iterator[Connection]:
                          {"ms": str(int(timeout_ms))})
             yield conn
     except DBAPIError as exc:
-        if "57014" in str(exc.orig):  # query_canceled
+        if getattr(exc.orig, "sqlstate", None) == "57014":  # query_canceled
             raise errors.ServiceUnavailable(
                 "the query took too long; narrow the time range or add filters",
                 code="query_timeout", headers={"Retry-After": "1"}) from None

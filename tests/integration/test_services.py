@@ -152,7 +152,7 @@ def _exercise_sql(url: str, table: str) -> str:
 
 
 def test_postgres_runs_sql(postgres: PostgresHandle) -> None:
-    assert postgres.url.startswith("postgresql+pg8000://postgres:")
+    assert postgres.url.startswith("postgresql+psycopg://postgres:")
     assert postgres.url.endswith(f"@127.0.0.1:{postgres.port}/app")
     assert _exercise_sql(postgres.url, "people").startswith("PostgreSQL ")
     # The handle's pid is the postmaster itself, dropped to the postgres user when we are root.
@@ -189,12 +189,12 @@ def test_postgres_uses_database_url(
 @pytest.mark.parametrize(
     ("given", "expected"),
     [
-        ("postgres://u:p@db:6543/app", "postgresql+pg8000://u:p@db:6543/app"),
-        ("postgresql://u:p%40ss@db/app", "postgresql+pg8000://u:p%40ss@db/app"),
-        ("postgresql+psycopg2://u@db/app", "postgresql+pg8000://u@db/app"),
+        ("postgres://u:p@db:6543/app", "postgresql+psycopg://u:p@db:6543/app"),
+        ("postgresql://u:p%40ss@db/app", "postgresql+psycopg://u:p%40ss@db/app"),
+        ("postgresql+psycopg2://u@db/app", "postgresql+psycopg://u@db/app"),
     ],
 )
-def test_database_url_is_normalized_to_pg8000(given: str, expected: str) -> None:
+def test_database_url_is_normalized_to_psycopg(given: str, expected: str) -> None:
     assert pg_module.normalize_url(given).render_as_string(hide_password=False) == expected
     with pytest.raises(ValueError, match="not a PostgreSQL URL"):
         pg_module.normalize_url("mysql://u@db/app")

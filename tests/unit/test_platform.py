@@ -153,7 +153,7 @@ def test_engine_uses_the_cloud_sql_connector_when_configured(monkeypatch) -> Non
     monkeypatch.setenv("DB_IAM_USER", "fn-sa@proj.iam")
     clients.reset()
     engine = db.engine()  # builds no connector and opens no connection yet
-    assert engine.url.drivername == "postgresql+pg8000"
+    assert engine.url.drivername == "postgresql+psycopg"
     assert engine.url.host is None  # connections come from the connector's creator
     assert db.engine() is engine
 
