@@ -35,11 +35,11 @@ TARGET_RATIO = 1.5
 POLL_S = 0.005  # fine-grained, so polling adds at most ~5 ms to a figure
 READY_TIMEOUT_S = 30.0
 HEAVY = ("sqlalchemy", "google.cloud.pubsub_v1", "google.cloud.firestore", "google.cloud.storage",
-         "google.genai", "grpc", "jwt", "alembic", "pg8000")
+         "google.genai", "grpc", "jwt", "alembic", "pg8000", "psycopg")
 # Port 9 (discard) is closed on loopback: a health route that touched the DB or Pub/Sub would
 # fail or hang instead of answering, which is part of what this benchmark shows.
 BASE_ENV = {"APP_ENV": "local", "GOOGLE_CLOUD_PROJECT": "bench",
-            "DATABASE_URL": f"postgresql+pg8000://bench:bench@{LOOPBACK}:9/bench",
+            "DATABASE_URL": f"postgresql+psycopg://bench:bench@{LOOPBACK}:9/bench",
             "PUBSUB_EMULATOR_HOST": f"{LOOPBACK}:9", "PATH": os.environ.get("PATH", "")}
 
 # Runs in a fresh interpreter, timing what functions-framework does before serving: import

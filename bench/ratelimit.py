@@ -2,9 +2,9 @@
 
 Starts its own PostgreSQL (as the local cloud does), applies the migrations, then has C threads,
 each holding its own pooled connection, make N decisions each, every one in its own transaction
-as the router does: with pg8000 that is BEGIN (one round trip), the statement (one: `take` binds
-no parameters, see shared/ratelimit.py) and COMMIT (three: pg8000 sends it through the extended
-protocol). The autocommit scenarios send the statement alone, one round trip. Scenarios: one hot
+as the router once did: BEGIN, the statement and COMMIT, a round trip each (psycopg). The
+autocommit scenarios send the statement alone, one round trip, as the router does now.
+Scenarios: one hot
 key shared by every caller (the row lock serializes them), a key per caller, a new key per
 decision (the INSERT path); each is set against `SELECT 1` run the same way, so the ratio shows
 the statement's own cost. Scenarios run round-robin for a few rounds so drift hits them all.
@@ -128,7 +128,7 @@ def machine(engine: sqlalchemy.Engine, source: str) -> str:
         server = str(conn.execute(sqlalchemy.text("SHOW server_version")).scalar_one())
     return (f"{summary()}, "
             f"PostgreSQL {server.split()[0]} ({source}, fsync off, loopback TCP), "
-            f"SQLAlchemy {metadata.version('sqlalchemy')}, pg8000 {metadata.version('pg8000')}")
+            f"SQLAlchemy {metadata.version('sqlalchemy')}, psycopg {metadata.version('psycopg')}")
 
 
 def markdown(results: list[Result], about: str, callers: int, per_caller: int,

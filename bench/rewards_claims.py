@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                 server = str(conn.execute(sqlalchemy.text("SHOW server_version")).scalar_one())
             about = (f"{summary()}, PostgreSQL {server.split()[0]} ({handle.source}, loopback "
                      f"TCP), SQLAlchemy {metadata.version('sqlalchemy')}, "
-                     f"pg8000 {metadata.version('pg8000')}")
+                     f"psycopg {metadata.version('psycopg')}")
         finally:
             from shared import db
 

@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             results = scenarios(args.spans // SPANS_PER_TRACE, args.queries, now)
             about = (f"{summary()}, PostgreSQL {server.split()[0]} ({handle.source}, loopback "
                      f"TCP, default settings), SQLAlchemy {metadata.version('sqlalchemy')}, "
-                     f"pg8000 {metadata.version('pg8000')}")
+                     f"psycopg {metadata.version('psycopg')}")
             sys.stdout.write(markdown(results, args.spans, fill_s, size, about))
             engine.dispose()
             db.engine().dispose()

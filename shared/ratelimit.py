@@ -34,11 +34,11 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # clock_timestamp(), unlike now(), advances inside a long transaction. A denial stores the refill
 # it computed, which changes no later decision: the bucket was below `cost`, so below its cap.
 #
-# Values are inlined, not bound: pg8000 sends a statement with parameters through the extended
-# protocol in three round trips, after a char-by-char Python scan of the SQL (~0.15 ms here),
-# while one without parameters is a single simple-protocol round trip; this halves the client
-# time per decision (bench/ratelimit.py). Nothing inlined can carry SQL: the key arrives as hex
-# digits, the numbers as repr() of floats checked to be finite.
+# Values are inlined, not bound. With pg8000 (the driver before psycopg) a bound statement took
+# three round trips and a Python scan of the SQL, and inlining halved the client time per
+# decision (bench/ratelimit.py); psycopg binds in the same round trip, so now it only spares
+# the server a bind step. Nothing inlined can carry SQL: the key arrives as hex digits, the
+# numbers as repr() of floats checked to be finite.
 _TAKE = """
     WITH fresh AS (SELECT set_config('ratelimit.allowed', 'true', true))
     INSERT INTO rate_limits AS b (key, tokens, updated_at)
