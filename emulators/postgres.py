@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pg8000.native
 from pg8000.exceptions import Error as Pg8000Error
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
 from emulators.proc import (
     LOOPBACK,
@@ -81,12 +81,11 @@ def start_postgres(run_dir: Path) -> PostgresHandle:
 
 
 def normalize_url(text: str) -> URL:
-    """Any postgres:// or postgresql[+driver]:// URL, rewritten to the driver we ship (psycopg;
-    the local cloud's own admin connections use pg8000's native API)."""
-    url = make_url(text)
-    if url.drivername.split("+")[0] not in ("postgres", "postgresql"):
-        raise ValueError(f"DATABASE_URL is not a PostgreSQL URL: {url.render_as_string()}")
-    return url.set(drivername="postgresql+psycopg")
+    """Any postgres:// or postgresql[+driver]:// URL, for the driver the product ships (the
+    local cloud's own admin connections use pg8000's native API)."""
+    from shared.db import driver_url
+
+    return driver_url(text)
 
 
 def find_postgres_bindir() -> tuple[Path, str]:

@@ -17,7 +17,7 @@ from shared.config import ConfigError, get_settings
 from shared.lazy import instance_cache
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.engine import URL, Connection, Engine
 
 
 POOL_SIZE = 10
@@ -67,13 +67,14 @@ def _create_engine(**options: Any) -> Engine:
     return created
 
 
-def driver_url(url: str) -> Any:
-    """Any postgres:// or postgresql[+driver]:// URL, for the driver we ship (psycopg 3)."""
+def driver_url(url: str) -> URL:
+    """Any postgres:// or postgresql[+driver]:// URL, for the driver we ship (psycopg 3); the
+    local cloud normalizes its URLs with this too."""
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
     if parsed.drivername.split("+")[0] not in ("postgres", "postgresql"):
-        raise ConfigError("DATABASE_URL is not a PostgreSQL URL")
+        raise ValueError("DATABASE_URL is not a PostgreSQL URL")
     return parsed.set(drivername="postgresql+psycopg")
 
 

@@ -58,7 +58,8 @@ def _bad(param: str, why: str) -> errors.BadRequest:
                              parameter=param)
 
 
-def _millis(args: Any, name: str, default: timedelta) -> timedelta:
+def millis(args: Any, name: str, default: timedelta) -> timedelta:
+    """A positive whole number of milliseconds (Jaeger's `lookback`, `step`, `ratePer`)."""
     raw = args.get(name)
     if raw in (None, ""):
         return default
@@ -80,11 +81,6 @@ def end_ts(args: Any, now: datetime) -> datetime:
     return datetime.fromtimestamp(int(raw) / 1000, UTC)
 
 
-def millis(args: Any, name: str, default: timedelta) -> timedelta:
-    """A positive whole number of milliseconds (Jaeger's `lookback`, `step`, `ratePer`)."""
-    return _millis(args, name, default)
-
-
 def parse(args: Any, now: datetime, latencies: bool) -> MetricsQuery:
     """The query from request args (a MultiDict: `service` and `spanKind` repeat)."""
     services = [s for s in args.getlist("service") if s]
@@ -100,14 +96,14 @@ def parse(args: Any, now: datetime, latencies: bool) -> MetricsQuery:
     if group not in ("true", "false", "1", "0", "t", "f"):
         raise _bad("groupByOperation", "must be true or false")
     end = end_ts(args, now)
-    lookback = _millis(args, "lookback", DEFAULT_LOOKBACK)
+    lookback = millis(args, "lookback", DEFAULT_LOOKBACK)
     if lookback > MAX_LOOKBACK:
         raise _bad("lookback", "must be at most 7 days")
-    step = max(_millis(args, "step", MIN_STEP), MIN_STEP)
+    step = max(millis(args, "step", MIN_STEP), MIN_STEP)
     step = timedelta(minutes=-(-step // MINUTE))  # whole minutes
     if lookback / step > MAX_POINTS:
         raise _bad("step", f"gives more than {MAX_POINTS} points for this lookback")
-    rate_per = _millis(args, "ratePer", DEFAULT_RATE_PER)
+    rate_per = millis(args, "ratePer", DEFAULT_RATE_PER)
     if rate_per > MAX_RATE_PER:
         raise _bad("ratePer", "must be at most a day")
     quantile = None

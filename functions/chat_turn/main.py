@@ -82,7 +82,7 @@ def _run(call: Call, request: dict[str, Any], loader: Loader) -> Any:
         if stored is not None:
             return json_response(stored.body, stored.status, {"Idempotent-Replayed": "true"})
     try:
-        # Reads only, and no common snapshot needed: the store re-checks the tail under a lock.
+        # Reads only: the store re-checks the conversation version in its own statement.
         with db.autocommit() as conn:
             ctx, message = loader(conn, user, conversation_id)
         chat.require_quota(ctx)
