@@ -113,3 +113,34 @@ def test_stream_yields_deltas_then_the_reply(standin: VertexStandin) -> None:
     assert reply.attempts == 2 and reply.output_tokens > 0
     body = standin.requests[-1]["body"]
     assert {s["threshold"] for s in body["safetySettings"]} == {"BLOCK_LOW_AND_ABOVE"}
+
+
+HISTORY = [{"role": "user", "parts": [{"text": "[Note] The user is Sam."}]},
+           {"role": "model", "parts": [{"text": "Welcome in!"}]},
+           {"role": "user", "parts": [{"text": "one latte please"}]},
+           {"role": "model", "parts": [{"text": "Coming right up."}]},
+           {"role": "user", "parts": [{"text": "and a croissant"}]}]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_the_model_receives_the_whole_history_on_every_attempt(
+        standin: VertexStandin, streamed: bool) -> None:
+    """The history travels in extra_body, written over the SDK's one-message contents: the
+    installed google-genai must still send all of it, exactly as built, retries included."""
+    standin.inject("500", count=1)
+    if streamed:
+        *_, reply = list(gemini.stream(SYSTEM, HISTORY))
+    else:
+        reply = gemini.generate(SYSTEM, HISTORY)
+    assert isinstance(reply, gemini.Reply) and reply.attempts == 2
+    assert reply.text.endswith("echo: and a croissant")
+    assert [r["body"]["contents"] for r in standin.requests] == [HISTORY, HISTORY]
+    body = standin.requests[-1]["body"]
+    assert body["systemInstruction"]["parts"][0]["text"] == SYSTEM
+    assert len(body["safetySettings"]) == 4
+
+
+def test_a_call_without_messages_is_refused_before_the_model(standin: VertexStandin) -> None:
+    with pytest.raises(ValueError, match="at least one message"):
+        gemini.generate(SYSTEM, [])
+    assert _calls(standin) == 0
