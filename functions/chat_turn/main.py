@@ -106,8 +106,9 @@ def _complete(ctx: Any, message: str, prepared: Any, key: str | None, scope: str
     started = time.perf_counter()
     reply = gemini.generate(prepared.prompt.system_instruction, prepared.prompt.contents,
                             ctx.safety_level)
+    model_s = time.perf_counter() - started
     body = _store(ctx, message, prepared, reply, key, scope)
-    _log_turn(ctx, reply, time.perf_counter() - started, streamed=False)
+    _log_turn(ctx, reply, model_s, streamed=False)
     return body
 
 
@@ -163,8 +164,9 @@ def _stream(ctx: Any, message: str, prepared: Any, key: str | None, scope: str
                 else:
                     reply = item
             assert reply is not None  # stream() always ends with the Reply
+            model_s = time.perf_counter() - started
             body = _store(ctx, message, prepared, reply, key, scope)
-            _log_turn(ctx, reply, time.perf_counter() - started, streamed=True)
+            _log_turn(ctx, reply, model_s, streamed=True)
             yield "done", body
         except errors.AppError as exc:
             if key is not None:
