@@ -65,7 +65,7 @@ def genai_client() -> GenaiClient:
         # Local Vertex AI stand-in: any bearer token is accepted; AnonymousCredentials is not.
         from google.oauth2.credentials import Credentials
 
-        kwargs["credentials"] = Credentials(token="local")  # type: ignore[no-untyped-call]  # noqa: S106  # type: ignore[no-untyped-call]
+        kwargs["credentials"] = Credentials(token="local")  # type: ignore[no-untyped-call]  # noqa: S106
         kwargs["http_options"] = types.HttpOptions(base_url=settings.genai_base_url)
     return genai.Client(
         vertexai=True, project=settings.project, location=settings.genai_location, **kwargs
