@@ -96,10 +96,23 @@ def transaction(wait: bool = True) -> Iterator[OutboxTransaction]:
         tx = OutboxTransaction(conn)
         yield tx
     if tx.emitted:
+        publish_after_commit(tx.emitted, wait)
+
+
+def publish_after_commit(events: Sequence[Emitted], wait: bool = True) -> None:
+    """The publish that follows a commit, best effort: the change and its rows are committed,
+    so it stands whatever happens here, and whatever is not confirmed stays pending for the
+    relay. A failure here (no Pub/Sub client, Pub/Sub or the database unreachable for the
+    mark) is logged, never raised: a 500 for a committed change would make the client retry a
+    change that already happened."""
+    try:
         if wait:
-            publish_rows(tx.emitted)
+            publish_rows(events)
         else:
-            publish_rows_in_background(tx.emitted)
+            publish_rows_in_background(events)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log.warning("publish after commit failed, the relay will send %d event(s): %s",
+                    len(events), type(exc).__name__)
 
 
 def publish_rows_in_background(events: Sequence[Emitted]) -> None:

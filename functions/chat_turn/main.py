@@ -125,7 +125,7 @@ def _store(ctx: Any, message: str, prepared: Any, reply: Any, key: str | None, s
     body, event = stored
     # The turn's event is sent at once but its confirmation is not awaited: the reply does not
     # wait a Pub/Sub round trip, and the relay re-sends anything left unconfirmed.
-    outbox.publish_rows_in_background([event])
+    outbox.publish_after_commit([event], wait=False)
     return body
 
 

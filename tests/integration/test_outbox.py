@@ -89,3 +89,34 @@ def test_failed_publish_is_published_by_outbox_relay(platform_env: dict[str, str
     assert Envelope.from_json(message.data).id == envelope.id
     ((_, published, attempts, _),) = _outbox_rows(platform_env["DATABASE_URL"])
     assert published is True and attempts == 2
+
+
+@pytest.mark.parametrize("wait", [True, False])
+def test_no_pubsub_client_after_commit_leaves_the_event_to_the_relay(
+        platform_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, wait: bool) -> None:
+    def unavailable() -> None:
+        raise RuntimeError("no credentials for Pub/Sub")
+
+    unavailable.cache_clear = lambda: None  # type: ignore[attr-defined]  # clients.reset()
+    monkeypatch.setattr(outbox.clients, "publisher", unavailable)
+    envelope = Envelope("thing.done", {"n": 2})
+    with outbox.transaction(wait=wait) as tx:  # the committed change is not turned into an error
+        tx.emit(unique("unreachable"), envelope)
+    assert _outbox_rows(platform_env["DATABASE_URL"]) == [(envelope.id, False, 0, None)]
+
+
+def test_a_failed_mark_after_publishing_leaves_the_row_pending(
+        platform_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    topic = unique("marked")
+    subscriber, path = _subscribe(topic)
+
+    def database_gone(row_ids: list[int]) -> None:
+        raise sqlalchemy.exc.OperationalError("UPDATE outbox", {}, Exception("connection lost"))
+
+    monkeypatch.setattr(outbox, "_mark_published", database_gone)
+    envelope = Envelope("thing.done", {"n": 3})
+    with outbox.transaction() as tx:
+        tx.emit(topic, envelope)
+    assert Envelope.from_json(_pull_one(subscriber, path).data) == envelope
+    # Still pending: the relay sends it again, and consumers drop the duplicate by event id.
+    assert _outbox_rows(platform_env["DATABASE_URL"]) == [(envelope.id, False, 0, None)]
