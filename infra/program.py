@@ -121,12 +121,17 @@ def build(topology: Topology = TOPOLOGY, settings: StackSettings | None = None) 
         depends_on=[migrator_user, database, *apis,
                     *(i.db_user for i in identities.values() if i.db_user is not None)])
     archives = {f.name: archive.build(f.name, f.source, BUILD_DIR) for f in topology.functions}
+    export = _span_self_export(settings, topology, after_apis)
     services: dict[str, FunctionService] = {}
     for function in topology.functions:
+        env, function_secrets = base_env, {n: secrets[n] for n in function.secrets}
+        if export is not None and function.exports_spans:
+            env = base_env | {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": export[0]}
+            function_secrets[OTLP_HEADERS] = export[1]
         services[function.name] = FunctionService(
             function, settings, identity=identities[function.name], sources_bucket=sources,
-            archive=archives[function.name], env=base_env,
-            secrets={n: secrets[n] for n in function.secrets},
+            archive=archives[function.name], env=env,
+            secrets=function_secrets,
             sql_instance=sql if function.needs_database else None,
             invoker_email=None if function.trigger is Trigger.HTTP else invoker.email,
             # New code rolls out only after its schema is in place.
@@ -153,6 +158,38 @@ def build(topology: Topology = TOPOLOGY, settings: StackSettings | None = None) 
     pulumi.export("function_urls", {name: service.url for name, service in services.items()
                                     if topology.function(name).trigger is Trigger.HTTP})
     pulumi.export("sql_connection_name", sql.connection_name)
+
+
+OTLP_HEADERS = "OTEL_EXPORTER_OTLP_TRACES_HEADERS"
+INGEST_TOKEN_PREFIX = "tt_"  # noqa: S105 - shared.telemetry_tokens.PREFIX; infra imports no app code
+
+
+def _span_self_export(settings: StackSettings, topology: Topology, opts: pulumi.ResourceOptions
+                      ) -> tuple[str, gcp.secretmanager.Secret] | None:
+    """Where the functions send their own spans (their span_ingest) and the Secret Manager
+    secret holding the OTLP authorization header, built from the `telemetrySelfIngestToken`
+    config secret. None, with a warning, when that is not set: the first deploy has no
+    database to make the token in (README, "Deploying")."""
+    token = settings.self_ingest_token()
+    if not any(f.name == "span_ingest" for f in topology.functions):
+        return None
+    if token is None:
+        pulumi.log.warn("telemetrySelfIngestToken is not set: the functions send no spans of "
+                        "their own to span_ingest")
+        return None
+    name = secret_id(OTLP_HEADERS)
+    secret = gcp.secretmanager.Secret(name, secret_id=name, replication={"auto": {}}, opts=opts)
+    gcp.secretmanager.SecretVersion(f"{name}-value", secret=secret.id,
+                                    secret_data=token.apply(_bearer))  # still secret
+    return settings.function_url("span_ingest") + "/v1/traces", secret
+
+
+def _bearer(token: str) -> str:
+    """OTLP's header syntax (values URL-encoded): `authorization=Bearer%20tt_...`."""
+    if not token.startswith(INGEST_TOKEN_PREFIX) or any(c in token for c in " ,=%"):
+        raise ValueError("telemetrySelfIngestToken must be an ingest token (tt_...): "
+                         "python -m shared.telemetry_tokens create --tenant ... --scope ingest")
+    return f"authorization=Bearer%20{token}"
 
 
 def _migration_job(settings: StackSettings, sources: gcp.storage.Bucket,

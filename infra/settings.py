@@ -56,6 +56,11 @@ class StackSettings:
             deletion_protection=app.get_bool("deletionProtection") is not False,
         )
 
+    def self_ingest_token(self) -> pulumi.Output[str] | None:
+        """The ingest token (`tt_...`, scope ingest) the product's own functions send their spans
+        to span_ingest with; None when not configured (then they send none)."""
+        return pulumi.Config().get_secret("telemetrySelfIngestToken")
+
     def secret(self, env_name: str) -> pulumi.Output[str]:
         """A manifest secret's value: required, and kept secret in state and previews."""
         return pulumi.Config().require_secret(secret_config_key(env_name))

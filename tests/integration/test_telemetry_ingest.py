@@ -301,6 +301,22 @@ def test_ingest_tokens(ingest: Any, platform_env: dict[str, str],
                       ).status_code == 401
 
 
+def test_the_deployed_self_export_token_is_accepted(
+        ingest: Any, platform_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """README's deployment recipe: a token from the CLI, turned into the header secret by the
+    Pulumi program, read back by the functions' exporter, accepted by span_ingest."""
+    from infra import program
+    from shared import telemetry_tokens, tracing
+
+    monkeypatch.setenv("TELEMETRY_ANONYMOUS_INGEST", "false")
+    assert telemetry_tokens.main(["create", "--tenant", "self", "--scope", "ingest"]) == 0
+    token = capsys.readouterr().out.strip()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", program._bearer(token))
+    headers = tracing.export_headers()
+    assert _post_json(ingest, _request(_span()), **headers).status_code == 200
+
+
 # ------------------------------------------------------------------ the writer (in-process)
 
 

@@ -52,8 +52,11 @@ class Mocks(pulumi.runtime.Mocks):
         return [r for r in self.resources if r.typ == typ]
 
 
-@pytest.fixture(scope="module")
-def mocks(tmp_path_factory: pytest.TempPathFactory) -> Mocks:
+SELF_INGEST_TOKEN = "tt_self-ingest-sentinel_0123456789abcdef"
+OTLP_HEADERS = "OTEL_EXPORTER_OTLP_TRACES_HEADERS"
+
+
+def _run_program(build_dir: Path, extra_secrets: dict[str, str]) -> Mocks:
     from infra import program
 
     recorder = Mocks()
@@ -61,8 +64,9 @@ def mocks(tmp_path_factory: pytest.TempPathFactory) -> Mocks:
     config = {"gcp:project": PROJECT, "gcp:region": "us-central1",
               "chat-rewards-apm:allowedOrigins": json.dumps(["https://app.example.com"])}
     secrets = {f"chat-rewards-apm:{secret_config_key(k)}": v for k, v in SECRET_VALUES.items()}
+    secrets |= {f"chat-rewards-apm:{k}": v for k, v in extra_secrets.items()}
     pulumi.runtime.set_all_config(config | secrets, secret_keys=list(secrets))
-    program.BUILD_DIR = tmp_path_factory.mktemp("build")
+    program.BUILD_DIR = build_dir
 
     @pulumi.runtime.test
     def run() -> None:
@@ -70,6 +74,19 @@ def mocks(tmp_path_factory: pytest.TempPathFactory) -> Mocks:
 
     run()
     return recorder
+
+
+@pytest.fixture(scope="module")
+def mocks(tmp_path_factory: pytest.TempPathFactory) -> Mocks:
+    """The stack as configured in production: every secret, the self-ingest token included."""
+    return _run_program(tmp_path_factory.mktemp("build"),
+                        {"telemetrySelfIngestToken": SELF_INGEST_TOKEN})
+
+
+@pytest.fixture(scope="module")
+def first_deploy(tmp_path_factory: pytest.TempPathFactory) -> Mocks:
+    """The first `pulumi up`: no self-ingest token yet (it needs the database)."""
+    return _run_program(tmp_path_factory.mktemp("build"), {})
 
 
 def _functions(mocks: Mocks) -> dict[str, dict[str, Any]]:
@@ -145,16 +162,72 @@ def test_secrets_are_references_never_plain_values(mocks: Mocks) -> None:
     for function in TOPOLOGY.functions:
         service = deployed[function.name]["serviceConfig"]
         refs = {s["key"]: s for s in service.get("secretEnvironmentVariables", [])}
-        assert set(refs) == set(function.secrets)
+        assert set(refs) == set(function.secrets) | (
+            {OTLP_HEADERS} if function.exports_spans else set())
         assert all(ref["version"] == "latest" for ref in refs.values())
     # The only places a secret value may go: its Secret Manager version, and the database
     # password of the migration user (set once on the Cloud SQL user, from the same secret).
     sinks = {"gcp:secretmanager/secretVersion:SecretVersion", "gcp:sql/user:User"}
     plain = json.dumps([r.inputs for r in mocks.resources if r.typ not in sinks], default=str)
-    for value in SECRET_VALUES.values():
+    for value in [*SECRET_VALUES.values(), SELF_INGEST_TOKEN]:
         assert value not in plain, "a secret value appears outside Secret Manager"
     versions = {r.name for r in mocks.of("gcp:secretmanager/secretVersion:SecretVersion")}
-    assert versions == {f"{k.lower().replace('_', '-')}-value" for k in SECRET_VALUES}
+    assert versions == {f"{k.lower().replace('_', '-')}-value"
+                        for k in [*SECRET_VALUES, OTLP_HEADERS]}
+
+
+def test_functions_send_their_own_spans_to_span_ingest_with_the_ingest_token(
+        mocks: Mocks, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared import tracing
+
+    deployed = _functions(mocks)
+    endpoint = f"https://us-central1-{PROJECT}.cloudfunctions.net/span-ingest/v1/traces"
+    exporting = {f.name for f in TOPOLOGY.functions if f.exports_spans}
+    assert exporting and "span_ingest" not in exporting  # the pipeline does not trace itself
+    for function in TOPOLOGY.functions:
+        service = deployed[function.name]["serviceConfig"]
+        env = service["environmentVariables"]
+        refs = {s["key"]: s["secret"] for s in service.get("secretEnvironmentVariables", [])}
+        if function.name in exporting:
+            assert env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] == endpoint
+            assert refs[OTLP_HEADERS] == "otel-exporter-otlp-traces-headers"
+        else:
+            assert "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" not in env and OTLP_HEADERS not in refs
+    (version,) = [r for r in mocks.of("gcp:secretmanager/secretVersion:SecretVersion")
+                  if r.name == "otel-exporter-otlp-traces-headers-value"]
+    # OTLP's header syntax, which shared.tracing.export_headers reads back; kept secret (the
+    # mocks show a secret input as Pulumi's secret wrapper around the value).
+    data = version.inputs["secretData"]
+    assert isinstance(data, dict) and data["value"] == f"authorization=Bearer%20{SELF_INGEST_TOKEN}"
+    monkeypatch.setenv(OTLP_HEADERS, data["value"])
+    assert tracing.export_headers() == {"authorization": f"Bearer {SELF_INGEST_TOKEN}"}
+    readers = {r.name for r in mocks.of("gcp:secretmanager/secretIamMember:SecretIamMember")
+               if r.name.endswith("-reads-otel-exporter-otlp-traces-headers")}
+    assert readers == {f"{name}-reads-otel-exporter-otlp-traces-headers" for name in exporting}
+
+
+def test_without_a_self_ingest_token_no_function_exports_spans(first_deploy: Mocks) -> None:
+    for inputs in _functions(first_deploy).values():
+        service = inputs["serviceConfig"]
+        assert "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" not in service["environmentVariables"]
+        assert OTLP_HEADERS not in {s["key"] for s in service.get("secretEnvironmentVariables", [])}
+    assert not [r for r in first_deploy.of("gcp:secretmanager/secret:Secret")
+                if r.name == "otel-exporter-otlp-traces-headers"]
+
+
+@pytest.mark.parametrize("token", ["not-a-token", "tt_with space", "tt_a,b=c"])
+def test_a_self_ingest_token_that_is_not_one_is_refused(token: str) -> None:
+    from infra import program
+
+    with pytest.raises(ValueError, match="telemetrySelfIngestToken"):
+        program._bearer(token)
+
+
+def test_the_token_prefix_is_the_one_ingest_tokens_have() -> None:
+    from infra import program
+    from shared import telemetry_tokens
+
+    assert program.INGEST_TOKEN_PREFIX == telemetry_tokens.PREFIX
 
 
 def test_schedules_bucket_sql_firestore_and_outputs(mocks: Mocks) -> None:
