@@ -30,7 +30,15 @@ def _signing_keys() -> str:
 
 
 # Secrets whose value has a shape; any other secret gets a random token.
-_SECRET_FACTORIES: dict[str, Callable[[], str]] = {"JWT_SIGNING_KEYS": _signing_keys}
+def _sealing_keys() -> str:
+    # The fixed local key, so rows sealed in-process (tests) open in the functions and back.
+    from shared.sealed import local_key_list
+
+    return local_key_list()
+
+
+_SECRET_FACTORIES: dict[str, Callable[[], str]] = {"JWT_SIGNING_KEYS": _signing_keys,
+                                                   "WEBHOOK_SECRET_KEYS": _sealing_keys}
 
 
 def local_secrets(functions: tuple[Function, ...]) -> dict[str, str]:

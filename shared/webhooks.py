@@ -1,7 +1,8 @@
 """Webhook destinations, their payloads, and exactly-once delivery.
 
 Destinations (`webhooks` rows) are managed by operators. The HMAC secret is generated here,
-answered once at creation, and never answered or logged again.
+answered once at creation, and never answered or logged again; the row keeps it sealed
+(`shared.sealed`, AES-256-GCM under `WEBHOOK_SECRET_KEYS`), opened only to sign a delivery.
 
 A notification becomes one `webhook_deliveries` row per matching destination (unique on
 notification and destination) in the transaction that creates it, and one `webhook.delivery`
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from shared import errors
+from shared import errors, sealed
 from shared.events import Envelope
 
 if TYPE_CHECKING:
@@ -92,15 +93,17 @@ def create(conn: Connection, operator: str, body: Mapping[str, Any]) -> dict[str
     count = conn.execute(sqlalchemy.text("SELECT count(*) FROM webhooks")).scalar_one()
     if count >= MAX_WEBHOOKS:
         raise errors.Conflict(f"at most {MAX_WEBHOOKS} webhooks", code="too_many_webhooks")
+    webhook_id = str(uuid.uuid4())
     secret = "whsec_" + secrets.token_urlsafe(32)
     row = conn.execute(sqlalchemy.text(f"""
         INSERT INTO webhooks (id, name, url, format, kinds, enabled, secret, created_by)
         VALUES (:id, :name, :url, :format, :kinds, :enabled, :secret, :by)
         RETURNING {_COLUMNS}
-    """), {"id": str(uuid.uuid4()), "name": body["name"], "url": _check_url(body["url"]),
+    """), {"id": webhook_id, "name": body["name"], "url": _check_url(body["url"]),
            "format": body.get("format", "generic"),
            "kinds": _check_kinds(body.get("kinds", list(KINDS))),
-           "enabled": body.get("enabled", True), "secret": secret,
+           "enabled": body.get("enabled", True),
+           "secret": sealed.seal(secret, context=webhook_id),  # stored sealed, never plain
            "by": operator}).one()
     log.info("webhook %s created", row.id, extra={"webhookId": str(row.id)})
     return _view(row) | {"secret": secret}
@@ -313,7 +316,8 @@ def deliver(delivery_id: str, timeout_s: float = SEND_TIMEOUT_S) -> str:
     failure: str | None = None
     with db.transaction() as conn:
         row = conn.execute(sqlalchemy.text("""
-            SELECT d.id, d.delivered_at, w.name, w.url, w.format, w.secret, w.enabled,
+            SELECT d.id, d.delivered_at, w.id AS wid, w.name, w.url, w.format, w.secret,
+                   w.enabled,
                    n.id AS nid, n.kind, n.subject, n.summary, n.payload, n.occurred_at
             FROM webhook_deliveries d
             JOIN webhooks w ON w.id = d.webhook_id
@@ -334,7 +338,8 @@ def deliver(delivery_id: str, timeout_s: float = SEND_TIMEOUT_S) -> str:
         payload = row.payload if isinstance(row.payload, dict) else json.loads(row.payload)
         message = Message(str(row.nid), row.kind, row.subject, row.summary, payload,
                           row.occurred_at, row.name)
-        body, headers = request_for(message, row.format, row.secret, str(row.id))
+        secret = sealed.unseal(row.secret, context=str(row.wid))
+        body, headers = request_for(message, row.format, secret, str(row.id))
         status: int | None = None
         try:
             response = requests.post(row.url, data=body, headers=headers, timeout=timeout_s,

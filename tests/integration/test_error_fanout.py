@@ -444,6 +444,8 @@ def test_operator_api_and_role_checks(identity: Identity, api: Any, receiver: Re
     assert created.status_code == 201, created.json
     hook = created.json
     assert hook["secret"].startswith("whsec_") and hook["format"] == "alertmanager"
+    ((stored,),) = identity.sql("SELECT secret FROM webhooks WHERE id = :id", id=hook["id"])
+    assert stored.startswith("sealed.v1.") and hook["secret"] not in stored  # sealed at rest
     listed = api.get("/webhooks", headers=operator)
     assert listed.status_code == 200
     assert [h["id"] for h in listed.json["items"]] == [hook["id"]]

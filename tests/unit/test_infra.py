@@ -17,7 +17,8 @@ from infra.topology import TOPOLOGY, Trigger
 PROJECT = "unit-project"
 SECRET_VALUES = {"JWT_SIGNING_KEYS": '[{"kid":"k","private_key_pem":"PEM-SENTINEL"}]',
                  "CURSOR_SECRET": "cursor-secret-sentinel-0123456789",
-                 "DB_PASSWORD": "db-password-sentinel"}
+                 "DB_PASSWORD": "db-password-sentinel",
+                 "WEBHOOK_SECRET_KEYS": '["webhook-key-sentinel"]'}
 FUNCTION = "gcp:cloudfunctionsv2/function:Function"
 SUBSCRIPTION = "gcp:pubsub/subscription:Subscription"
 
