@@ -2,9 +2,10 @@
 
 A sealed value is `sealed.v1.<key id>.<base64url(nonce | AES-256-GCM ciphertext and tag)>`. The
 keys come from `WEBHOOK_SECRET_KEYS` (a Secret Manager secret in production): a JSON list of
-base64 32-byte keys, the first seals, every one unseals, so a key is rotated by putting a new
-one first and dropping the old one once nothing sealed with it is left. The key id is the first
-8 hex digits of the key's SHA-256, so a value names the key it needs without revealing it.
+base64 32-byte keys; the first seals, every one unseals. A key is rotated by putting a new one
+first, resealing the rows (`python -m shared.webhooks reseal`), then dropping the old one. The
+key id is the first 8 hex digits of the key's SHA-256, so a value names the key it needs
+without revealing it.
 The caller's `context` (the row's id) is the associated data: a sealed value copied into
 another row does not open there.
 
@@ -55,6 +56,16 @@ def _keys() -> list[bytes]:
     if not keys or any(len(k) != 32 for k in keys):
         raise ConfigError(f"{KEYS_ENV} must hold at least one 32-byte key")
     return keys
+
+
+def key_id() -> str:
+    """The id of the key that seals now (the first)."""
+    return _key_id(_keys()[0])
+
+
+def sealed_with(value: str) -> str | None:
+    """The id of the key a value is sealed with; None for a value from before sealing."""
+    return value[len(PREFIX):].partition(".")[0] if value.startswith(PREFIX) else None
 
 
 def seal(plaintext: str, context: str) -> str:

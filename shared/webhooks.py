@@ -155,6 +155,26 @@ def delete(conn: Connection, webhook_id: str) -> None:
         raise errors.NotFound("no such webhook", code="webhook_not_found")
 
 
+def reseal(conn: Connection) -> int:
+    """Seal every destination's secret with the newest key (after a rotation, and for rows
+    written before sealing); returns how many rows changed. Row locks: a concurrent reseal
+    waits, and each row is rewritten in this transaction or not at all."""
+    import sqlalchemy
+
+    rows = conn.execute(sqlalchemy.text(
+        "SELECT id, secret FROM webhooks ORDER BY id FOR UPDATE")).all()
+    newest = sealed.key_id()
+    changed = 0
+    for webhook_id, stored in rows:
+        if sealed.sealed_with(stored) == newest:
+            continue
+        plain = sealed.unseal(stored, context=str(webhook_id))
+        conn.execute(sqlalchemy.text("UPDATE webhooks SET secret = :s WHERE id = :id"),
+                     {"s": sealed.seal(plain, context=str(webhook_id)), "id": webhook_id})
+        changed += 1
+    return changed
+
+
 # --- fan-out ----------------------------------------------------------------------------------
 
 
@@ -362,3 +382,15 @@ def deliver(delivery_id: str, timeout_s: float = SEND_TIMEOUT_S) -> str:
         raise DeliveryFailed(f"receiver failed: {failure}", code="delivery_failed")
     log.info("webhook delivery %s delivered", delivery_id, extra={"deliveryId": delivery_id})
     return "delivered"
+
+
+if __name__ == "__main__":
+    # `python -m shared.webhooks reseal`: after rotating WEBHOOK_SECRET_KEYS (README).
+    import sys
+
+    from shared import db
+
+    if sys.argv[1:] != ["reseal"]:
+        sys.exit("usage: python -m shared.webhooks reseal")
+    with db.transaction() as connection:
+        sys.stdout.write(f"{reseal(connection)} webhook secret(s) resealed\n")

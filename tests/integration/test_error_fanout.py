@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
 import time
 import uuid
@@ -524,3 +525,26 @@ def test_operators_list_error_groups_and_resolve_them(identity: Identity, env: d
     again = error_groups.handle_errors(
         batch([error(service, "order 18 failed", at=t0 + timedelta(minutes=1))]))
     assert kinds([again]) == ["error.regression"]
+
+
+def test_reseal_moves_every_secret_to_the_newest_key(
+        identity: Identity, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared import db, sealed, webhooks
+
+    old_keys = sealed.new_key_list()
+    monkeypatch.setenv(sealed.KEYS_ENV, old_keys)
+    hook = create_webhook("generic", "https://receiver.example/hook")
+    identity.sql("INSERT INTO webhooks (id, name, url, format, kinds, enabled, secret, "
+                 "created_by) SELECT gen_random_uuid(), 'legacy', url, format, kinds, enabled, "
+                 "'whsec_from_before', created_by FROM webhooks WHERE id = :id", id=hook["id"])
+    monkeypatch.setenv(sealed.KEYS_ENV, sealed.new_key_list(old_keys))  # rotated
+    with db.transaction() as conn:
+        assert webhooks.reseal(conn) == 2
+    with db.transaction() as conn:
+        assert webhooks.reseal(conn) == 0  # already on the newest key
+    rows = dict(identity.sql("SELECT name, secret FROM webhooks"))
+    assert {sealed.sealed_with(v) for v in rows.values()} == {sealed.key_id()}
+    monkeypatch.setenv(sealed.KEYS_ENV, json.dumps(json.loads(os.environ[sealed.KEYS_ENV])[:1]))
+    ids = dict(identity.sql("SELECT name, id::text FROM webhooks"))
+    assert sealed.unseal(rows["legacy"], context=ids["legacy"]) == "whsec_from_before"
+    assert sealed.unseal(rows[hook["name"]], context=hook["id"]) == hook["secret"]
