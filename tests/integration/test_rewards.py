@@ -218,10 +218,11 @@ def test_a_crash_after_commit_is_answered_from_the_stored_result(
     _, who = rw.user()
     key = str(uuid.uuid4())
 
-    def killed(events: Any) -> Any:
+    def killed(events: Any, wait: bool = True) -> Any:
         raise RuntimeError("instance killed after commit, before the response")
 
-    monkeypatch.setattr(outbox, "publish_rows", killed)
+    # Right after the commit (a failing publish alone is logged and left to the relay).
+    monkeypatch.setattr(outbox, "publish_after_commit", killed)
     lost = rw.claim(who, event["id"], key)
     assert lost.status_code == 500  # the client never saw the grant
     monkeypatch.undo()
