@@ -136,8 +136,10 @@ def login(tx: OutboxTransaction, email: str, password: str, user_agent: str = ""
         {"email": email}).first()
     stored = row[1] if row is not None and row[1] else passwords.dummy_hash()
     if not passwords.verify_password(stored, password) or row is None or not row[1]:
-        # Recorded in its own transaction: the caller's rolls back with the 401.
-        with db.transaction() as conn:
+        # Recorded on its own (one autocommit statement): the caller's transaction rolls back
+        # with the 401. Not a second connection of the caller's pool: a burst of bad
+        # passwords holding every one of them would then wait forever (shared/db.py).
+        with db.autocommit() as conn:
             _record_failure(conn, key)
         raise errors.Unauthorized(INVALID, code="invalid_credentials")
     user_id, _, status, roles, time_zone = row
@@ -167,8 +169,9 @@ def refresh(conn: Connection, refresh_token: str) -> TokenPair:
         if reused is not None:
             from shared import db
 
-            # Its own transaction: the caller's rolls back with the 401, the revocation stays.
-            with db.transaction() as own:
+            # On its own (one autocommit statement, as in `login`): the caller's transaction
+            # rolls back with the 401, the revocation stays.
+            with db.autocommit() as own:
                 revoke_session(own, str(reused[0]), "refresh_token_reuse")
             log.warning("refresh token reuse: session %s revoked", reused[0])
             raise errors.Unauthorized("refresh token was already used; session revoked",

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 
 POOL_SIZE = 10
+# How long a request waits for a pooled connection before failing (SQLAlchemy's default).
+POOL_TIMEOUT_S = 30.0
 # A pooled connection idle longer than this is checked with `SELECT 1` before use (the server
 # may have closed it: a restart, a failover, an idle timeout); one used moments ago is not.
 # SQLAlchemy's pool_pre_ping would check on every checkout: a round trip per transaction.
@@ -49,11 +51,14 @@ def _create_engine(**options: Any) -> Engine:
     # opening and closing "overflow" connections per request, each a new TCP session, SSL
     # negotiation and backend (this churn was a quarter of chat_turn's CPU at 20 concurrent
     # turns). Two engines per instance: at most 2 x POOL_SIZE connections to the database.
+    # A request never waits for a second connection of a pool it already holds one of (with
+    # every connection held that way, each would wait for another): what must commit apart
+    # from the request's transaction is one statement on the autocommit engine.
     # psycopg's automatic server-side prepared statements stay off: a plan prepared before a
     # migration can fail after it ("cached plan must not change result type"), and the
     # migration job runs while instances serve.
     pool: dict[str, Any] = {"pool_size": POOL_SIZE, "max_overflow": 0,
-                            "pool_recycle": 1800} | options
+                            "pool_timeout": POOL_TIMEOUT_S, "pool_recycle": 1800} | options
     if settings.instance_connection_name:
         created = sqlalchemy.create_engine("postgresql+psycopg://",
                                            creator=_connector_creator(), **pool)

@@ -119,7 +119,8 @@ class Router:
             except Exception as exc:
                 log.exception("unhandled error in %s %s", request.method, request.path)
                 span.record_exception(exc)
-                response = _problem_response(errors.AppError(), trace, request.path)
+                response = _problem_response(_database_unavailable(exc) or errors.AppError(),
+                                             trace, request.path)
             span.set(**{"http.response.status_code": response.status_code})
             if response.status_code >= 500:  # 4xx are the caller's errors, not the server's
                 span.error(f"HTTP {response.status_code}")
@@ -226,6 +227,25 @@ def _to_response(result: Any) -> flask.Response:
     if result is None:
         return flask.Response(status=204)
     return json_response(result)
+
+
+class DatabaseUnavailable(errors.ServiceUnavailable):
+    code, title = "database_unavailable", "The database is unavailable"
+
+
+def _database_unavailable(exc: Exception) -> errors.AppError | None:
+    """503 with Retry-After for what a retry can cure: the database unreachable, restarting or
+    at its connection limit, a deadlock or serialization failure, a statement cancelled, or no
+    pooled connection free in time (SQLAlchemy's OperationalError and pool TimeoutError).
+    Clients and Pub/Sub retry a 503; a 500 says the request itself broke something."""
+    if not type(exc).__module__.startswith("sqlalchemy"):
+        return None  # sqlalchemy is not imported here unless it raised
+    from sqlalchemy import exc as sa
+
+    if isinstance(exc, sa.OperationalError | sa.TimeoutError):
+        return DatabaseUnavailable("the database did not answer; try again shortly",
+                                   headers={"Retry-After": "1"})
+    return None
 
 
 def _problem_response(exc: errors.AppError, trace: context.TraceContext, path: str

@@ -4,6 +4,7 @@ through the real `auth` and `users` functions on a real database."""
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 
@@ -264,3 +265,60 @@ def test_null_fields_and_nul_queries(identity: Identity) -> None:
     identity.make_admin(tokens)
     resp = identity.users.get("/users", headers=headers, query_string={"q": "a\x00b"})
     assert resp.status_code == 400 and resp.json["code"] == "invalid_query"
+
+
+@pytest.mark.parametrize("failure", ["wrong password", "replayed refresh token"])
+def test_what_a_failure_writes_on_its_own_needs_no_second_pooled_connection(
+        identity: Identity, monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
+    """A failed login records the attempt, and a replayed refresh token revokes the session,
+    apart from the request's transaction. Taking a second connection from the pool the request
+    already holds one of would wedge an instance whose connections are all held that way (a
+    burst of bad passwords): here a pool of one, where that second connection never comes."""
+    from shared import clients, db
+
+    tokens = identity.signup()
+    monkeypatch.setattr(db, "POOL_SIZE", 1)
+    monkeypatch.setattr(db, "POOL_TIMEOUT_S", 2.0)  # the wait that would otherwise fail it
+    clients.reset()
+    try:
+        if failure == "wrong password":
+            resp = identity.auth.post("/login", json={"email": tokens["email"],
+                                                      "password": "not the password!"})
+            assert resp.status_code == 401 and resp.json["code"] == "invalid_credentials"
+            assert identity.sql("SELECT failures FROM login_attempts") == [(1,)]
+        else:
+            body = {"refresh_token": tokens["refresh_token"]}
+            assert identity.auth.post("/token/refresh", json=body).status_code == 200
+            resp = identity.auth.post("/token/refresh", json=body)
+            assert resp.status_code == 401 and resp.json["code"] == "refresh_token_reused"
+            assert identity.sql("SELECT revoked_reason FROM sessions WHERE id = :id",
+                                id=tokens["session_id"]) == [("refresh_token_reuse",)]
+    finally:
+        monkeypatch.undo()
+        clients.reset()  # later tests get the usual pools
+
+
+def test_a_database_refusing_connections_is_a_503_with_retry_after(
+        identity: Identity, monkeypatch: pytest.MonkeyPatch, platform_env: dict[str, str]
+        ) -> None:
+    """Real PostgreSQL at its connection limit (here: a role allowed none, SQLSTATE 53300):
+    the request is answered 503 with Retry-After, which clients and Pub/Sub retry, not 500."""
+    from sqlalchemy.engine import make_url
+
+    from shared import clients
+
+    tokens = identity.signup()
+    role = f"capped_{uuid.uuid4().hex[:8]}"
+    identity.sql(f"CREATE ROLE {role} LOGIN PASSWORD 'capped-password' CONNECTION LIMIT 0")
+    url = make_url(platform_env["DATABASE_URL"]).set(username=role, password="capped-password")
+    monkeypatch.setenv("DATABASE_URL", url.render_as_string(hide_password=False))
+    clients.reset()
+    try:
+        resp = identity.users.get("/me", headers=identity.bearer(tokens))
+        assert resp.status_code == 503 and resp.mimetype == "application/problem+json"
+        assert resp.json["code"] == "database_unavailable"
+        assert resp.headers["Retry-After"] == "1"
+    finally:
+        monkeypatch.undo()
+        clients.reset()
+        identity.sql(f"DROP ROLE {role}")
