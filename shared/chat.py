@@ -94,7 +94,6 @@ class TurnContext:
     version: int  # the conversation's version when the turn was read (read first)
 
 
-# The conversation, its character, the user's name and the account's restrictions (if any).
 # The conversation, its character, the user's name, the account's restrictions (if any),
 # today's token use, the version, and the active history after the summary (or all of it when
 # the turn cuts the path inside the summarized part) and before the cut: one round trip, one
@@ -259,6 +258,7 @@ def store(conn: Connection, ctx: TurnContext, message: str, prepared: Prepared,
         "conversation_id": ctx.conversation_id, "message_id": reply_message,
         "kind": branch.kind, "input_tokens": reply.input_tokens,
         "output_tokens": reply.output_tokens})
+    event = outbox.pending(CHAT_TOPIC, envelope)
     body = {"conversation_id": ctx.conversation_id, "kind": branch.kind,
             "user_message_id": user_message,
             "reply": {"id": reply_message, "role": "assistant", "content": reply.text,
@@ -276,8 +276,7 @@ def store(conn: Connection, ctx: TurnContext, message: str, prepared: Prepared,
         "tokens": reply.input_tokens + reply.output_tokens + prepared.fold_tokens,
         "count": len(rows), "from_seq": branch.replaces_from_seq,
         "summary": prepared.summary, "upto": prepared.summary_upto_seq,
-        "event_id": envelope.id, "topic": CHAT_TOPIC, "payload": envelope.to_json(),
-        "attributes": json.dumps(envelope.attributes())}
+    } | outbox.outbox_params(envelope, event)
     for n, (message_id, parent, role, content, tokens_in, tokens_out) in enumerate(rows, 1):
         params |= {f"id{n}": message_id, f"parent{n}": parent, f"role{n}": role,
                    f"content{n}": content, f"in{n}": tokens_in, f"out{n}": tokens_out}
@@ -300,10 +299,7 @@ def store(conn: Connection, ctx: TurnContext, message: str, prepared: Prepared,
         "v.content, v.tokens_in, v.tokens_out, seqs.s[v.ord] FROM seqs, (VALUES " + values + ") "
         "AS v(ord, id, parent, role, content, tokens_in, tokens_out) "
         "WHERE EXISTS (SELECT 1 FROM ok))",
-        # As outbox.emit writes it.
-        "event AS (INSERT INTO outbox (event_id, topic, payload, attributes) "
-        "SELECT :event_id, :topic, :payload, CAST(:attributes AS jsonb) "
-        "WHERE EXISTS (SELECT 1 FROM ok) RETURNING id)"]
+        "event AS (" + outbox.INSERT + " WHERE EXISTS (SELECT 1 FROM ok) RETURNING id)"]
     if branch.replaces_from_seq is not None:
         parts.append(
             "replaced AS (UPDATE messages SET active = false WHERE conversation_id = "
@@ -320,4 +316,4 @@ def store(conn: Connection, ctx: TurnContext, message: str, prepared: Prepared,
         "WITH " + ", ".join(parts) + " SELECT (SELECT id FROM event)"), params).scalar_one()
     if event_id is None:
         return None
-    return body, outbox.pending(int(event_id), CHAT_TOPIC, envelope)
+    return body, event.stored(int(event_id))

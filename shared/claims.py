@@ -165,6 +165,8 @@ def _grant(tx: OutboxTransaction, event: reward_events.Event, user_id: str, seq:
     the `rewards.granted` outbox row, the stored Idempotency-Key response and the budget
     decrement. None when the slot was taken. One statement (writable CTEs, each gated on the
     claim row existing) keeps the claim's round trips, and the budget row lock, short."""
+    from shared import outbox
+
     claim_id = str(uuid.uuid4())
     view_rewards = _granted_view(granted)
     code = 201 if status == "granted" else 202
@@ -188,13 +190,12 @@ def _grant(tx: OutboxTransaction, event: reward_events.Event, user_id: str, seq:
         envelope = Envelope("rewards.granted", {
             "claim_id": claim_id, "user_id": user_id, "event_id": event.id,
             "event_title": event.title, "rewards": view_rewards})
-        # As outbox.emit writes it; the row id joins the transaction's publish after commit.
-        ctes.append("events AS (INSERT INTO outbox (event_id, topic, payload, attributes) "
-                    "SELECT :eid, :topic, :payload, CAST(:attrs AS jsonb) "
-                    "WHERE EXISTS (SELECT 1 FROM claim) RETURNING id)")
+        # The row id joins the transaction's publish after commit.
+        announced = outbox.pending(REWARDS_TOPIC, envelope)
+        ctes.append(f"events AS ({outbox.INSERT} WHERE EXISTS (SELECT 1 FROM claim) "
+                    "RETURNING id)")
         selects.append("(SELECT id FROM events)")
-        params |= {"eid": envelope.id, "topic": REWARDS_TOPIC, "payload": envelope.to_json(),
-                   "attrs": json.dumps(envelope.attributes())}
+        params |= outbox.outbox_params(envelope, announced)
     if idem is not None:
         # As idempotency.complete stores it: the answer commits with the grant.
         ctes.append("stored AS (UPDATE idempotency_keys SET status = 'completed', "
@@ -215,7 +216,7 @@ def _grant(tx: OutboxTransaction, event: reward_events.Event, user_id: str, seq:
     if row[0] is None:
         return None
     if status == "granted" and granted:
-        tx.track(int(row[1]), REWARDS_TOPIC, envelope)
+        tx.track(announced.stored(int(row[1])))
     short = sorted(set(budgeted) - set(row[-1] or ())) if budgeted else []
     if short:
         raise _BudgetShort([{"condition": "budget", "reward_id": rid, "current": 0,

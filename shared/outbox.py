@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -37,11 +37,32 @@ MAX_BACKOFF_S = 600
 class Emitted:
     """An event row written in a transaction, kept in memory to publish once it commits."""
 
-    row_id: int
+    row_id: int  # 0 until the row is written
     topic: str
     payload: bytes
     attributes: dict[str, str]
     attempts: int = 0
+
+    def stored(self, row_id: int) -> Emitted:
+        return replace(self, row_id=row_id)
+
+
+# An outbox row from `outbox_params`, for callers that write it inside a larger statement
+# (append a WHERE and RETURNING id as needed).
+INSERT = ("INSERT INTO outbox (event_id, topic, payload, attributes) SELECT :outbox_event_id, "
+          ":outbox_topic, :outbox_payload, CAST(:outbox_attributes AS jsonb)")
+
+
+def pending(topic: str, envelope: Envelope, attributes: dict[str, str] | None = None
+            ) -> Emitted:
+    """An event as its row is written and then published: serialized once, for both."""
+    return Emitted(0, topic, envelope.to_json(), envelope.attributes() | (attributes or {}))
+
+
+def outbox_params(envelope: Envelope, event: Emitted) -> dict[str, Any]:
+    """The bound values of `INSERT`."""
+    return {"outbox_event_id": envelope.id, "outbox_topic": event.topic,
+            "outbox_payload": event.payload, "outbox_attributes": json.dumps(event.attributes)}
 
 
 @dataclass
@@ -53,36 +74,26 @@ class OutboxTransaction:
 
     def emit(self, topic: str, envelope: Envelope, attributes: dict[str, str] | None = None
              ) -> None:
-        row_id = emit(self.conn, topic, envelope, attributes)
-        self.track(row_id, topic, envelope, attributes)
+        event = pending(topic, envelope, attributes)
+        self.track(event.stored(_insert(self.conn, envelope, event)))
 
-    def track(self, row_id: int, topic: str, envelope: Envelope,
-              attributes: dict[str, str] | None = None) -> None:
-        """An event row the caller inserted itself (inside a larger statement): published after
-        commit like the rows `emit` writes."""
-        self.emitted.append(pending(row_id, topic, envelope, attributes))
-
-
-def pending(row_id: int, topic: str, envelope: Envelope,
-            attributes: dict[str, str] | None = None) -> Emitted:
-    """A committed event row, as the publish after commit needs it."""
-    return Emitted(row_id, topic, envelope.to_json(), envelope.attributes() | (attributes or {}))
+    def track(self, event: Emitted) -> None:
+        """An event row the caller wrote itself (`INSERT` inside a larger statement):
+        published after commit like the rows `emit` writes."""
+        self.emitted.append(event)
 
 
 def emit(conn: Connection, topic: str, envelope: Envelope,
          attributes: dict[str, str] | None = None) -> int:
     """Write an event row in `conn`'s transaction; returns the row id."""
+    return _insert(conn, envelope, pending(topic, envelope, attributes))
+
+
+def _insert(conn: Connection, envelope: Envelope, event: Emitted) -> int:
     import sqlalchemy
 
-    attrs = envelope.attributes() | (attributes or {})
-    return int(conn.execute(
-        sqlalchemy.text(
-            "INSERT INTO outbox (event_id, topic, payload, attributes) "
-            "VALUES (:event_id, :topic, :payload, CAST(:attributes AS jsonb)) RETURNING id"
-        ),
-        {"event_id": envelope.id, "topic": topic, "payload": envelope.to_json(),
-         "attributes": json.dumps(attrs)},
-    ).scalar_one())
+    return int(conn.execute(sqlalchemy.text(INSERT + " RETURNING id"),
+                            outbox_params(envelope, event)).scalar_one())
 
 
 @contextmanager
